@@ -1,0 +1,120 @@
+"""Command line: ``signing-gateway serve | check-config | presign | --version``.
+
+Exit codes: 0 success, 2 bad configuration or usage (one line on stderr naming the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from . import __version__
+from .config import Config, ConfigError, load_config, masked
+from .sigv4 import MAX_EXPIRES_S, Credentials, Signer
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="signing-gateway",
+        description="Presigned S3 multipart uploads in front of a Singularity/Apptainer library registry.",
+    )
+    parser.add_argument("--version", action="version", version=f"signing-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--config", metavar="FILE", help="TOML file; GATEWAY_<SECTION>_<KEY> environment variables win over it"
+        )
+        return sub
+
+    with_config(commands.add_parser("serve", help="run the gateway"))
+    with_config(commands.add_parser("check-config", help="print the effective configuration, secrets masked"))
+    presign = with_config(
+        commands.add_parser("presign", help="print a presigned URL for the external S3 endpoint (debugging)")
+    )
+    presign.add_argument("method", type=str.upper, choices=["GET", "PUT", "HEAD", "DELETE"])
+    presign.add_argument("bucket")
+    presign.add_argument("key", help="the object key, not URL-encoded")
+    presign.add_argument("--part", type=int, metavar="N", help="part number (with --upload-id)")
+    presign.add_argument("--upload-id", metavar="ID", help="S3 UploadId of a multipart upload")
+    presign.add_argument("--sha256", metavar="HEX", help="bind this payload sha256 into the signature (v3)")
+    presign.add_argument(
+        "--sign-header", action="store_true", help="also sign the x-amz-content-sha256 header (v3h, single PUTs)"
+    )
+    presign.add_argument("--expires", type=int, metavar="S", help="lifetime in seconds (default: the config's)")
+    presign.add_argument(
+        "--explain", action="store_true", help="also print the canonical request and the string to sign"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print(json.dumps(masked(config), indent=2))
+        return 0
+    if args.command == "presign":
+        return _presign(config, args)
+    from .server import serve  # aiohttp is imported only when serving
+
+    serve(config)
+    return 0
+
+
+def _presign(config: Config, args: argparse.Namespace) -> int:
+    if (args.part is None) != (args.upload_id is None):
+        print("usage error: --part and --upload-id go together", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", args.sha256):
+        print("usage error: --sha256 must be 64 lowercase hex characters", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.sign_header and args.sha256 is None:
+        print("usage error: --sign-header needs --sha256", file=sys.stderr)
+        return EXIT_CONFIG
+    expires = args.expires if args.expires is not None else config.uploads.url_expiry_seconds
+    if not 1 <= expires <= MAX_EXPIRES_S:
+        print(f"usage error: --expires must be within 1..{MAX_EXPIRES_S}", file=sys.stderr)
+        return EXIT_CONFIG
+    query = {"partNumber": str(args.part), "uploadId": args.upload_id} if args.part is not None else None
+    signer = Signer(Credentials(config.s3.access_key, config.s3.secret_key), config.s3.region)
+    signed = signer.explain_presign(
+        args.method,
+        config.external_endpoint,
+        args.bucket,
+        args.key,
+        now=datetime.now(UTC),
+        expires_s=expires,
+        query=query,
+        payload_sha256=args.sha256,
+        sign_sha256_header=args.sign_header,
+    )
+    print(signed.url)
+    if args.explain:
+        print("\n# canonical request (the server must compute exactly this; compare with its error's)")
+        print(signed.canonical_request)
+        print("\n# string to sign")
+        print(signed.string_to_sign)
+        host_line = signed.canonical_request.split("\n")[3]
+        print(
+            "\n# the client must send the header "
+            f"'{host_line.replace('host:', 'Host: ', 1)}' exactly"
+            + (f" and 'X-Amz-Content-Sha256: {args.sha256}'" if args.sha256 else "")
+        )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,297 @@
+"""Configuration: a TOML file overlaid with ``GATEWAY_<SECTION>_<KEY>`` environment variables.
+
+Validated eagerly into frozen dataclasses; anything wrong raises :class:`ConfigError` naming the key, and the CLI
+exits 2 with that one line. Nothing downstream re-checks the config. The key names are a public contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+from .sigv4 import MAX_EXPIRES_S, Endpoint
+
+__all__ = [
+    "MAX_PART_SIZE",
+    "MIN_PART_SIZE",
+    "Config",
+    "ConfigError",
+    "DownloadsConfig",
+    "S3Config",
+    "ServerConfig",
+    "UploadsConfig",
+    "UpstreamConfig",
+    "load_config",
+    "masked",
+]
+
+MIB = 1024 * 1024
+MIN_PART_SIZE = 5 * MIB  # S3: every part but the last
+MAX_PART_SIZE = 5 * 1024 * MIB  # S3: any part
+ENV_PREFIX = "GATEWAY_"
+SECRET_KEYS = frozenset({"s3.secret_key", "uploads.token_secret", "uploads.previous_token_secrets"})
+
+
+class ConfigError(Exception):
+    """One line: ``<section>.<key>: <what is wrong>``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:8080"
+    public_url: str = "http://127.0.0.1:8080"
+    log_level: str = "info"
+    shutdown_grace_seconds: float = 30.0
+    trusted_proxies: list[str] = field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    url: str = "http://127.0.0.1:8000"
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 300.0
+    pool_size: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    internal_endpoint: str = "http://127.0.0.1:9000"
+    external_endpoint: str = "http://127.0.0.1:9000"
+    aliases: list[str] = field(default_factory=list)
+    region: str = "us-east-1"
+    access_key: str = ""
+    secret_key: str = ""
+    bucket: str = "sregistry"
+    verify_tls: bool = True
+    ca_bundle: str = ""
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class UploadsConfig:
+    multipart: bool = True
+    mode: Literal["auto", "adopt", "relay"] = "auto"
+    part_size: int = 64 * MIB
+    url_expiry_seconds: int = 900
+    token_ttl_seconds: int = 86400
+    token_secret: str = ""
+    previous_token_secrets: list[str] = field(default_factory=list)
+    staging_prefix: str = "_gateway/"
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadsConfig:
+    url_expiry_seconds: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    uploads: UploadsConfig = field(default_factory=UploadsConfig)
+    downloads: DownloadsConfig = field(default_factory=DownloadsConfig)
+
+    @property
+    def external_endpoint(self) -> Endpoint:
+        return Endpoint.parse(self.s3.external_endpoint)
+
+    @property
+    def internal_endpoint(self) -> Endpoint:
+        return Endpoint.parse(self.s3.internal_endpoint)
+
+    def s3_origins(self) -> frozenset[Endpoint]:
+        """Every origin under which an upstream URL points into our S3 (adopt mode, re-signing)."""
+        urls = [self.s3.internal_endpoint, self.s3.external_endpoint, *self.s3.aliases]
+        return frozenset(Endpoint.parse(url) for url in urls)
+
+
+_SECTIONS: dict[str, type[Any]] = {f.name: get_type_hints(Config)[f.name] for f in fields(Config)}
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (optional), overlay the environment, validate. Raises :class:`ConfigError`."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: invalid TOML: {exc}") from exc
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        if name not in _SECTIONS:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(_SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a [{name}] table")
+        sections[name] = dict(value)
+    for name, key, text in _environment_overrides(os.environ if environ is None else environ):
+        sections.setdefault(name, {})[key] = _from_env_text(name, key, text)
+    config = Config(**{name: _build_section(name, sections.get(name, {})) for name in _SECTIONS})
+    _validate(config)
+    return config
+
+
+def _section_hints(name: str) -> dict[str, Any]:
+    return get_type_hints(_SECTIONS[name])
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    found = []
+    for var, text in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        for name in _SECTIONS:
+            if rest.startswith(name + "_"):
+                key = rest[len(name) + 1 :]
+                if key not in _section_hints(name):
+                    raise ConfigError(f"{name}.{key}: unknown key (from environment variable {var})")
+                found.append((name, key, text))
+    return found
+
+
+def _from_env_text(section: str, key: str, text: str) -> Any:
+    kind = _section_hints(section)[key]
+    if get_origin(kind) is list:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{section}.{key}: expected true or false, got {text!r}")
+    if kind is int or kind is float:
+        try:
+            return kind(text.strip())
+        except ValueError:
+            raise ConfigError(f"{section}.{key}: expected a number, got {text!r}") from None
+    return text
+
+
+def _build_section(name: str, values: dict[str, Any]) -> Any:
+    hints = _section_hints(name)
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{name}.{key}: unknown key")
+        _check_type(f"{name}.{key}", hints[key], value)
+    return _SECTIONS[name](**values)
+
+
+def _check_type(where: str, kind: Any, value: Any) -> None:
+    origin = get_origin(kind)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where}: expected a list of strings")
+    elif origin is Literal:
+        if value not in get_args(kind):
+            choices = " | ".join(map(str, get_args(kind)))
+            raise ConfigError(f"{where}: expected one of {choices}, got {value!r}")
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number")
+    elif kind is str and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string")
+
+
+def _validate(config: Config) -> None:
+    _check_listen(config.server.listen)
+    _check_url("server.public_url", config.server.public_url)
+    for proxy in config.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"server.trusted_proxies: {proxy!r} is not an IP address or network") from None
+    if config.server.log_level.lower() not in {"debug", "info", "warning", "error"}:
+        raise ConfigError("server.log_level: expected debug | info | warning | error")
+    _check_url("upstream.url", config.upstream.url)
+    _check_url("s3.internal_endpoint", config.s3.internal_endpoint, origin_only=True)
+    _check_url("s3.external_endpoint", config.s3.external_endpoint, origin_only=True)
+    for alias in config.s3.aliases:
+        _check_url("s3.aliases", alias, origin_only=True)
+    for key in ("region", "access_key", "secret_key", "bucket"):
+        if not getattr(config.s3, key):
+            raise ConfigError(f"s3.{key}: required, set it in the file or GATEWAY_S3_{key.upper()}")
+    if config.s3.ca_bundle and not Path(config.s3.ca_bundle).is_file():
+        raise ConfigError(f"s3.ca_bundle: no such file {config.s3.ca_bundle!r}")
+    uploads = config.uploads
+    if not uploads.token_secret:
+        raise ConfigError("uploads.token_secret: required, set it in the file or GATEWAY_UPLOADS_TOKEN_SECRET")
+    if len(uploads.token_secret) < 16:
+        raise ConfigError("uploads.token_secret: too short, use at least 16 characters (32 random bytes is good)")
+    if not MIN_PART_SIZE <= uploads.part_size <= MAX_PART_SIZE:
+        raise ConfigError(f"uploads.part_size: must be within {MIN_PART_SIZE}..{MAX_PART_SIZE} bytes (5 MiB..5 GiB)")
+    for where, seconds in (
+        ("uploads.url_expiry_seconds", uploads.url_expiry_seconds),
+        ("downloads.url_expiry_seconds", config.downloads.url_expiry_seconds),
+    ):
+        if not 1 <= seconds <= MAX_EXPIRES_S:
+            raise ConfigError(f"{where}: must be within 1..{MAX_EXPIRES_S} (S3's limit is 7 days)")
+    if uploads.token_ttl_seconds <= 0:
+        raise ConfigError("uploads.token_ttl_seconds: must be positive")
+    if not uploads.staging_prefix or uploads.staging_prefix.startswith("/"):
+        raise ConfigError("uploads.staging_prefix: must be a non-empty key prefix not starting with '/'")
+    for where, number in (
+        ("server.shutdown_grace_seconds", config.server.shutdown_grace_seconds),
+        ("upstream.connect_timeout_seconds", config.upstream.connect_timeout_seconds),
+        ("upstream.read_timeout_seconds", config.upstream.read_timeout_seconds),
+        ("upstream.pool_size", config.upstream.pool_size),
+        ("s3.connect_timeout_seconds", config.s3.connect_timeout_seconds),
+        ("s3.read_timeout_seconds", config.s3.read_timeout_seconds),
+    ):
+        if number <= 0:
+            raise ConfigError(f"{where}: must be positive")
+
+
+def _check_listen(listen: str) -> None:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"server.listen: expected host:port, got {listen!r}")
+
+
+def _check_url(where: str, url: str, *, origin_only: bool = False) -> None:
+    parts = urlsplit(url)
+    if not parts.scheme or "://" not in url:
+        raise ConfigError(f"{where}: missing scheme, expected http:// or https://, got {url!r}")
+    try:
+        Endpoint.parse(url)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if origin_only and (parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise ConfigError(f"{where}: expected scheme://host[:port] with no path (S3 is addressed path-style)")
+
+
+def masked(config: Config) -> dict[str, dict[str, Any]]:
+    """The effective config as plain data, secrets replaced by ``***``."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in fields(config):
+        values = dataclasses.asdict(getattr(config, section.name))
+        for key, value in values.items():
+            if f"{section.name}.{key}" in SECRET_KEYS and value:
+                values[key] = ["***"] * len(value) if isinstance(value, list) else "***"
+        out[section.name] = values
+    return out

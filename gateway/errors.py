@@ -1,0 +1,95 @@
+"""The gateway's one error hierarchy.
+
+Handlers raise; a single middleware (gateway.app) renders every GatewayError as
+``{"error":{"code":<status>,"message":"..."}}``, the shape the library client prints.
+
+    GatewayError                     500
+    ├── InvalidRequest               400  malformed JSON, bad field, part out of range
+    │   ├── Unauthorized             401
+    │   ├── Forbidden                403
+    │   ├── NotFound                 404  only where the protocol gives 404 a meaning
+    │   ├── MethodNotAllowed         405
+    │   ├── Conflict                 409  the upload is in a state that refuses this step
+    │   ├── Gone                     410  the upload token expired
+    │   ├── PayloadTooLarge          413
+    │   └── UpstreamRefused          4xx  the registry said no; its status is passed on
+    ├── UpstreamUnavailable          502
+    ├── StorageUnavailable           503  S3 down or erroring; a retry may succeed
+    └── UpstreamTimeout              504
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "GatewayError",
+    "Gone",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "StorageUnavailable",
+    "Unauthorized",
+    "UpstreamRefused",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class GatewayError(Exception):
+    status = 500
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+
+
+class Unauthorized(InvalidRequest):
+    status = 401
+
+
+class Forbidden(InvalidRequest):
+    status = 403
+
+
+class NotFound(InvalidRequest):
+    status = 404
+
+
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+
+
+class Conflict(InvalidRequest):
+    status = 409
+
+
+class Gone(InvalidRequest):
+    status = 410
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+
+
+class UpstreamRefused(InvalidRequest):
+    """The registry refused; its 4xx status is passed on to the client unchanged."""
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 502
+
+
+class StorageUnavailable(GatewayError):
+    status = 503
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504

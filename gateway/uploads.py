@@ -1,0 +1,178 @@
+"""Upload arithmetic and the request bodies of the intercepted routes, validated. Pure: no I/O.
+
+Every client mistake becomes an InvalidRequest (400) here, before anything reaches S3 or the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .config import MAX_PART_SIZE, MIN_PART_SIZE
+from .errors import InvalidRequest
+
+__all__ = [
+    "MAX_FILESIZE",
+    "MAX_PARTS",
+    "MAX_SINGLE_PUT",
+    "AbortRequest",
+    "CompleteRequest",
+    "LegacyStartRequest",
+    "PartRequest",
+    "StartRequest",
+    "check_image_id",
+    "parse_json_object",
+    "plan_parts",
+]
+
+MAX_PARTS = 10_000
+MAX_FILESIZE = 5 * 1024**4  # 5 TiB: S3's object size limit
+MAX_SINGLE_PUT = 5 * 1024**3  # 5 GiB: S3's single PUT limit
+_IMAGE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_MIB = 1024 * 1024
+
+
+def check_image_id(image_id: str) -> str:
+    if not _IMAGE_ID.fullmatch(image_id) or image_id in {".", ".."}:
+        raise InvalidRequest("image id must match [A-Za-z0-9._-]{1,128}")
+    return image_id
+
+
+def plan_parts(filesize: int, part_size: int) -> tuple[int, int]:
+    """``(part_size, total_parts)``: total = ceil(size / part), at most 10,000 parts, never an empty last part.
+
+    The part size is raised (to a whole MiB) when the configured one would need more than 10,000 parts.
+    """
+    if not 1 <= filesize <= MAX_FILESIZE:
+        raise InvalidRequest(f"filesize must be within 1..{MAX_FILESIZE}")
+    needed = -(-filesize // MAX_PARTS)
+    if needed > part_size:
+        part_size = -(-needed // _MIB) * _MIB
+    part_size = max(MIN_PART_SIZE, min(part_size, MAX_PART_SIZE))
+    return part_size, -(-filesize // part_size)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The client sends JSON without a Content-Type; parse whatever arrives, refuse anything but an object."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return data
+
+
+def _integer(data: dict[str, Any], name: str, *, low: int, high: int) -> int:
+    value = data.get(name)
+    if type(value) is not int:  # bool is not an int here
+        raise InvalidRequest(f"{name}: expected an integer")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name}: must be within {low}..{high}")
+    return value
+
+
+def _string(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{name}: expected a non-empty string")
+    return value
+
+
+def _sha256(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value):
+        raise InvalidRequest(f"{name}: expected 64 lowercase hex characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    filesize: int
+
+    @classmethod
+    def parse(cls, body: bytes) -> StartRequest:
+        return cls(_integer(parse_json_object(body), "filesize", low=1, high=MAX_FILESIZE))
+
+
+@dataclass(frozen=True, slots=True)
+class PartRequest:
+    upload_token: str
+    part_number: int
+    part_size: int
+    sha256: str
+
+    @classmethod
+    def parse(cls, body: bytes) -> PartRequest:
+        data = parse_json_object(body)
+        return cls(
+            upload_token=_string(data, "uploadID"),
+            part_number=_integer(data, "partNumber", low=1, high=MAX_PARTS),
+            part_size=_integer(data, "partSize", low=1, high=MAX_PART_SIZE),
+            sha256=_sha256(data, "sha256sum"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteRequest:
+    upload_token: str
+    parts: tuple[tuple[int, str], ...]  # (part number, ETag without quotes), sorted
+
+    @classmethod
+    def parse(cls, body: bytes) -> CompleteRequest:
+        data = parse_json_object(body)
+        items = data.get("completedParts")
+        if not isinstance(items, list) or not items:
+            raise InvalidRequest("completedParts: expected a non-empty list")
+        if len(items) > MAX_PARTS:
+            raise InvalidRequest(f"completedParts: at most {MAX_PARTS} parts")
+        parts: dict[int, str] = {}
+        for item in items:
+            if not isinstance(item, dict):
+                raise InvalidRequest("completedParts: each entry must be an object")
+            number = _integer(item, "partNumber", low=1, high=MAX_PARTS)
+            if number in parts:
+                raise InvalidRequest(f"completedParts: part {number} listed twice")
+            parts[number] = _etag(item.get("token"))
+        return cls(_string(data, "uploadID"), tuple(sorted(parts.items())))
+
+
+_ETAG = re.compile(r"[\x21\x23-\x7e]{1,128}")  # printable ASCII, no quote
+
+
+def _etag(value: object) -> str:
+    """The client keeps S3's ETag verbatim, quotes included (sregistry strips them); accept either."""
+    if not isinstance(value, str):
+        raise InvalidRequest("completedParts: token (the part's ETag) must be a string")
+    bare = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+    if not _ETAG.fullmatch(bare) or "<" in bare or "&" in bare:
+        raise InvalidRequest("completedParts: token is not a valid ETag")
+    return bare
+
+
+@dataclass(frozen=True, slots=True)
+class AbortRequest:
+    upload_token: str
+
+    @classmethod
+    def parse(cls, body: bytes) -> AbortRequest:
+        return cls(_string(parse_json_object(body), "uploadID"))
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyStartRequest:
+    """``POST v2/imagefile/{id}``: filesize, optional md5sum and sha256sum (omitted when empty)."""
+
+    filesize: int
+    sha256: str | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def parse(cls, body: bytes) -> LegacyStartRequest:
+        data = parse_json_object(body)
+        filesize = _integer(data, "filesize", low=0, high=MAX_FILESIZE)
+        sha256 = _sha256(data, "sha256sum") if data.get("sha256sum") else None
+        return cls(filesize, sha256, data)
