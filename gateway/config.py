@@ -277,12 +277,12 @@ def _check_url(where: str, url: str, *, origin_only: bool = False) -> None:
     parts = urlsplit(url)
     if not parts.scheme or "://" not in url:
         raise ConfigError(f"{where}: missing scheme, expected http:// or https://, got {url!r}")
-    try:
-        Endpoint.parse(url)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
     if origin_only and (parts.path not in ("", "/") or parts.query or parts.fragment):
         raise ConfigError(f"{where}: expected scheme://host[:port] with no path (S3 is addressed path-style)")
+    try:
+        Endpoint.parse(f"{parts.scheme}://{parts.netloc}")
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def masked(config: Config) -> dict[str, dict[str, Any]]:

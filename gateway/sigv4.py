@@ -21,10 +21,11 @@ bytes (tests/test_sigv4.py checks it).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -51,6 +52,8 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 MAX_EXPIRES_S = 604800  # 7 days: S3's limit for a presigned URL
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_SECOND = timedelta(seconds=1)
 
 # Runs of characters outside the unreserved set (plus ``/`` in paths); everything else is written as is.
 _RESERVED_RUN = re.compile(r"[^A-Za-z0-9\-_.~]+")
@@ -226,13 +229,14 @@ class _Day:
 class Signer:
     """Signs for one set of credentials, region and service; caches the signing key per date."""
 
-    __slots__ = ("_days", "_token_param", "credentials", "region", "service")
+    __slots__ = ("_days", "_second", "_token_param", "credentials", "region", "service")
 
     def __init__(self, credentials: Credentials, region: str, service: str = "s3") -> None:
         self.credentials = credentials
         self.region = region
         self.service = service
         self._days: dict[str, _Day] = {}
+        self._second: tuple[datetime, datetime, str] = (_EPOCH, _EPOCH, "")  # [start, end) -> X-Amz-Date
         token = credentials.session_token
         self._token_param = f"&X-Amz-Security-Token={uri_encode(token)}" if token else ""
 
@@ -249,6 +253,16 @@ class Signer:
                 self._days.clear()
             self._days[datestamp] = day
         return day
+
+    def _amz_date(self, now: datetime) -> str:
+        """``X-Amz-Date`` for ``now``, remembered for its second: part URLs are asked for in bursts."""
+        start, end, amz_date = self._second  # one tuple, replaced whole: safe without a lock
+        if now.utcoffset() is not None and start <= now < end:
+            return amz_date
+        amz_date = _amz_date(now)
+        start = now.astimezone(UTC).replace(microsecond=0)
+        self._second = (start, start + _ONE_SECOND, amz_date)
+        return amz_date
 
     def signing_key(self, datestamp: str) -> bytes:
         return self._day(datestamp).signing_key
@@ -281,7 +295,7 @@ class Signer:
     ) -> SignedURL:
         """The general presign: ``canonical_uri`` is already encoded; ``headers`` are signed besides ``host``."""
         _check_expires(expires_s)
-        amz_date = _amz_date(now)
+        amz_date = self._amz_date(now)
         header_block, signed_headers = canonical_headers([("host", host_header), *headers])
         params = [
             ("X-Amz-Algorithm", ALGORITHM),
@@ -377,7 +391,7 @@ class Signer:
                 )
             caller_params.sort()
         _check_expires(expires_s)
-        amz_date = _amz_date(now)
+        amz_date = self._amz_date(now)
         day = self._day(amz_date[:8])
         host_header = endpoint.host_header
         if sign_sha256_header:
@@ -444,7 +458,7 @@ class Signer:
         content_sha256_header: bool = True,
     ) -> SignedRequest:
         """``authorization_headers`` with the canonical request, string to sign and signature."""
-        amz_date = _amz_date(now)
+        amz_date = self._amz_date(now)
         added = {"x-amz-date": amz_date}
         if content_sha256_header:
             added["x-amz-content-sha256"] = payload_hash
@@ -492,9 +506,7 @@ class Signer:
 
 
 def _hmac(key: bytes, message: str) -> bytes:
-    return _HmacSha256(key).hexdigest(message.encode()) and hashlib.new("sha256").digest() if False else (
-        __import__("hmac").new(key, message.encode(), hashlib.sha256).digest()
-    )
+    return hmac.digest(key, message.encode(), "sha256")
 
 
 def _check_expires(expires_s: int) -> None:
@@ -503,8 +515,8 @@ def _check_expires(expires_s: int) -> None:
 
 
 def _amz_date(now: datetime) -> str:
-    if now.tzinfo is None:
+    """``yyyymmddTHHMMSSZ`` in UTC; a naive time is refused (it would silently be local time)."""
+    if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
-    if now.tzinfo is not UTC:
-        now = now.astimezone(UTC)
-    return "%04d%02d%02dT%02d%02d%02dZ" % (now.year, now.month, now.day, now.hour, now.minute, now.second)
+    utc = now.astimezone(UTC)
+    return f"{utc.year:04d}{utc.month:02d}{utc.day:02d}T{utc.hour:02d}{utc.minute:02d}{utc.second:02d}Z"

@@ -1,0 +1,111 @@
+"""Wiring: the aiohttp application, its long-lived clients, and the one place errors become JSON answers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from yarl import URL
+
+from .config import Config
+from .errors import GatewayError
+from .proxy import Forwarder
+from .registry import Registry
+from .routes import Handlers
+from .s3 import S3Client, S3Settings
+from .service import UploadService
+from .sigv4 import Credentials, Signer
+from .tokens import TokenSealer
+
+__all__ = ["CONFIG", "SERVICE", "create_app", "error_middleware", "error_response"]
+
+log = logging.getLogger("gateway.app")
+
+CONFIG = web.AppKey("config", Config)
+SERVICE = web.AppKey("service", UploadService)
+HANDLERS = web.AppKey("handlers", Handlers)
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"code": status, "message": message}}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.path, exc.message)
+        return error_response(exc.status, exc.message)
+    except web.HTTPException as exc:  # aiohttp's own 404/405/413... in the library's error shape
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason)
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "internal gateway error")
+
+
+def s3_settings(config: Config) -> S3Settings:
+    s3 = config.s3
+    return S3Settings(
+        endpoint=s3.internal_endpoint,
+        region=s3.region,
+        access_key=s3.access_key,
+        secret_key=s3.secret_key,
+        verify_tls=s3.verify_tls,
+        ca_bundle=s3.ca_bundle,
+        connect_timeout_s=s3.connect_timeout_seconds,
+        read_timeout_s=s3.read_timeout_seconds,
+    )
+
+
+def create_app(config: Config, *, clock: Callable[[], datetime] | None = None) -> web.Application:
+    """The gateway app; clients are created on startup and closed on cleanup. Start-up never calls out."""
+    now = clock or (lambda: datetime.now(UTC))
+    app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": 16384})
+    app[CONFIG] = config
+
+    async def clients(app: web.Application) -> AsyncIterator[None]:
+        upstream_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=config.upstream.pool_size),
+            timeout=aiohttp.ClientTimeout(total=None, connect=config.upstream.connect_timeout_seconds),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        s3 = S3Client(s3_settings(config), clock=now)
+        try:
+            upstream = URL(config.upstream.url)
+            registry = Registry(upstream_session, upstream, read_timeout_s=config.upstream.read_timeout_seconds)
+            service = UploadService(
+                config,
+                s3=s3,
+                registry=registry,
+                signer=Signer(Credentials(config.s3.access_key, config.s3.secret_key), config.s3.region),
+                sealer=TokenSealer(config.uploads.token_secret, config.uploads.previous_token_secrets),
+                clock=now,
+            )
+            forwarder = Forwarder(
+                upstream_session,
+                upstream,
+                read_timeout_s=config.upstream.read_timeout_seconds,
+                rewrite_location=service.rewrite_location,
+            )
+            app[SERVICE] = service
+            app[HANDLERS] = Handlers(service, forwarder)
+            yield
+        finally:
+            await s3.close()
+            await upstream_session.close()
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        return await request.app[HANDLERS].dispatch(request)
+
+    app.cleanup_ctx.append(clients)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app

@@ -1,0 +1,110 @@
+"""Calls the gateway makes to the registry itself: the legacy upload start (which is how the gateway asks who
+may push), ``_complete``, and the relay PUT of an assembled image to a registry that stores uploads itself."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from .errors import UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
+from .proxy import SKIP_AUTO_HEADERS
+
+__all__ = ["Registry", "UpstreamAnswer", "error_message"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    status: int
+    body: bytes
+    json: Any  # the decoded body, or None when it is not JSON
+
+
+def error_message(answer: UpstreamAnswer) -> str:
+    """The registry's own error text when it sent the library error shape, else a plain one."""
+    if isinstance(answer.json, dict):
+        error = answer.json.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+            return str(error["message"])
+    return f"registry refused the request ({answer.status})"
+
+
+class Registry:
+    def __init__(self, session: aiohttp.ClientSession, base: URL, *, read_timeout_s: float) -> None:
+        self.session = session
+        self.base = base.origin()
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout_s)
+
+    async def call(self, method: str, path: str, *, headers: CIMultiDict[str], body: bytes) -> UpstreamAnswer:
+        """One small JSON call; raises UpstreamUnavailable/UpstreamTimeout when the registry can't be reached."""
+        headers = CIMultiDict(headers)
+        headers["Host"] = self.base.raw_authority
+        try:
+            async with self.session.request(
+                method,
+                URL(str(self.base) + path, encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                timeout=self.timeout,
+            ) as response:
+                raw = await response.read()
+                return UpstreamAnswer(response.status, raw, _json_or_none(raw))
+        except TimeoutError as exc:
+            raise UpstreamTimeout("registry did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"registry unreachable: {exc.__class__.__name__}") from exc
+
+    async def start_upload(self, image_id: str, *, headers: CIMultiDict[str], filesize: int) -> str:
+        """Ask the registry for a legacy upload URL: its consent that this caller may push this image."""
+        answer = await self.call(
+            "POST", f"/v2/imagefile/{image_id}", headers=headers, body=json.dumps({"filesize": filesize}).encode()
+        )
+        raise_for_refusal(answer)
+        data = answer.json.get("data") if isinstance(answer.json, dict) else None
+        url = data.get("uploadURL") if isinstance(data, dict) else None
+        if not isinstance(url, str) or not url:
+            raise UpstreamUnavailable("registry answered the upload start without an uploadURL")
+        return url
+
+    async def complete_upload(self, image_id: str, *, headers: CIMultiDict[str]) -> dict[str, Any]:
+        answer = await self.call("PUT", f"/v2/imagefile/{image_id}/_complete", headers=headers, body=b"{}")
+        raise_for_refusal(answer)
+        # The client JSON-decodes this answer; sregistry's is empty, so send {} unless there is an object.
+        return answer.json if isinstance(answer.json, dict) else {}
+
+    async def put_stream(self, url: str, body: AsyncIterable[bytes], *, length: int) -> None:
+        """Relay: stream an image to the registry's own upload URL with Content-Length (uWSGI refuses chunked)."""
+        headers = {"Content-Length": str(length), "Content-Type": "application/octet-stream"}
+        try:
+            async with self.session.put(
+                URL(url, encoded=True), data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+            ) as response:
+                answer = UpstreamAnswer(response.status, await response.read(), None)
+        except TimeoutError as exc:
+            raise UpstreamTimeout("registry did not accept the image in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"relaying the image to the registry failed: {exc.__class__.__name__}") from exc
+        if answer.status not in (200, 201, 204):
+            raise UpstreamUnavailable(f"registry refused the relayed image ({answer.status})")
+
+
+def raise_for_refusal(answer: UpstreamAnswer) -> None:
+    if 200 <= answer.status < 300:
+        return
+    if 400 <= answer.status < 500:
+        raise UpstreamRefused(error_message(answer), status=answer.status)
+    raise UpstreamUnavailable(f"registry failed ({answer.status})")
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        return None

@@ -1,0 +1,199 @@
+"""Thin aiohttp handlers and the dispatch that decides what the gateway answers itself.
+
+Dispatch works on the raw path (never normalised, the way the upstream will see it): the upload routes of the
+library API and ``/_gateway/`` are ours, everything else is forwarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+from urllib.parse import unquote
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .errors import MethodNotAllowed, NotFound, PayloadTooLarge, UpstreamUnavailable
+from .proxy import Forwarder, end_to_end_headers
+from .service import UploadService
+from .tokens import credential_of
+from .uploads import LegacyStartRequest, check_image_id
+
+__all__ = ["MAX_JSON_BODY", "Handlers", "data_response"]
+
+log = logging.getLogger("gateway.routes")
+
+MAX_JSON_BODY: Final = 1024 * 1024  # intercepted routes carry small JSON bodies
+DISCOVERY_PATH: Final = "/assets/config/config.prod.json"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def data_response(data: Any, *, status: int = 200) -> web.Response:
+    return web.json_response({"data": data}, status=status)
+
+
+async def read_small_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
+    body = await request.content.read(MAX_JSON_BODY + 1)
+    if len(body) > MAX_JSON_BODY:
+        raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
+    return body
+
+
+def registry_headers(request: web.Request) -> CIMultiDict[str]:
+    """Headers for the gateway's own calls to the registry on behalf of a client: its credentials and identity."""
+    headers = CIMultiDict[str]()
+    for name in ("Authorization", "User-Agent", "X-Request-Id"):
+        if name in request.headers:
+            headers[name] = request.headers[name]
+    prior = request.headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{prior}, {request.remote}" if prior else (request.remote or "")
+    return headers
+
+
+class Handlers:
+    def __init__(self, service: UploadService, forwarder: Forwarder) -> None:
+        self.service = service
+        self.forwarder = forwarder
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.raw_path.partition("?")[0]
+        if path.startswith("/_gateway/"):
+            return await self.gateway_route(request, path)
+        segments = path.split("/")
+        # ["", "v2", "imagefile", id, action?]
+        if len(segments) in (4, 5) and segments[1] == "v2" and segments[2] == "imagefile":
+            handler = self._upload_handler(request.method, segments)
+            if handler is not None:
+                return await self._logged(request, handler, unquote(segments[3]))
+        if path == DISCOVERY_PATH and request.method == "GET":
+            return await self.discovery(request)
+        return await self.forwarder.forward(request)
+
+    def _upload_handler(self, method: str, segments: list[str]) -> Callable[[web.Request, str], Awaitable[Any]] | None:
+        if len(segments) == 4:
+            return self.legacy_start if method == "POST" else None
+        action = segments[4]
+        routes: dict[str, dict[str, Callable[[web.Request, str], Awaitable[Any]]]] = {
+            "_multipart": {"POST": self.start, "PUT": self.presign_part},
+            "_multipart_complete": {"PUT": self.complete},
+            "_multipart_abort": {"PUT": self.abort},
+        }
+        if action not in routes:
+            return None
+        handler = routes[action].get(method)
+        if handler is None:
+            # Multipart calls are never forwarded: sregistry's abort deletes the image row (G6).
+            return self.method_not_allowed
+        return handler
+
+    async def _logged(
+        self, request: web.Request, handler: Callable[[web.Request, str], Awaitable[Any]], raw_id: str
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            response: web.StreamResponse = await handler(request, check_image_id(raw_id))
+            outcome = str(response.status)
+            return response
+        finally:
+            log.info(
+                "upload route",
+                extra={
+                    "event": "route",
+                    "route": request.raw_path.partition("?")[0].rsplit("/", 1)[-1],
+                    "method": request.method,
+                    "image_id": raw_id[:128],
+                    "outcome": outcome,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+
+    # -- the library API's upload routes ----------------------------------------------------------------
+
+    async def start(self, request: web.Request, image_id: str) -> web.Response:
+        body = await read_small_body(request)
+        if not self.service.config.uploads.multipart:
+            # The client's clean fallback to the legacy single upload (PROTOCOL.md §4).
+            raise NotFound("multipart uploads are disabled on this gateway")
+        answer = await self.service.start(
+            image_id, body, headers=registry_headers(request), credential=_credential(request)
+        )
+        return data_response(answer)
+
+    async def presign_part(self, request: web.Request, image_id: str) -> web.Response:
+        body = await read_small_body(request)
+        return data_response(self.service.presign_part(image_id, body, credential=_credential(request)))
+
+    async def complete(self, request: web.Request, image_id: str) -> web.Response:
+        body = await read_small_body(request)
+        answer = await self.service.complete(
+            image_id, body, headers=registry_headers(request), credential=_credential(request)
+        )
+        return web.json_response(answer)
+
+    async def abort(self, request: web.Request, image_id: str) -> web.Response:
+        body = await read_small_body(request)
+        return web.json_response(await self.service.abort(image_id, body, credential=_credential(request)))
+
+    async def method_not_allowed(self, request: web.Request, image_id: str) -> web.Response:
+        raise MethodNotAllowed(f"{request.method} is not allowed here")
+
+    async def legacy_start(self, request: web.Request, image_id: str) -> web.Response:
+        body = await read_small_body(request)
+        legacy = LegacyStartRequest.parse(body)  # sregistry answers malformed JSON with a 500 page (G4)
+        headers = end_to_end_headers(request.headers)
+        headers.popall("Host", None)
+        answer = await self.service.registry.call("POST", request.raw_path, headers=headers, body=body)
+        data = answer.json.get("data") if isinstance(answer.json, dict) else None
+        if 200 <= answer.status < 300 and isinstance(data, dict) and isinstance(data.get("uploadURL"), str):
+            data["uploadURL"] = self.service.rewrite_upload_url(legacy, data["uploadURL"])
+            return web.json_response(answer.json, status=answer.status)
+        return _passthrough(answer.status, answer.body, answer.json)
+
+    # -- endpoint discovery ------------------------------------------------------------------------------
+
+    async def discovery(self, request: web.Request) -> web.Response:
+        headers = end_to_end_headers(request.headers)
+        headers.popall("Host", None)
+        answer = await self.service.registry.call("GET", request.raw_path, headers=headers, body=b"")
+        document = answer.json
+        if answer.status != 200 or not isinstance(document, dict):
+            return _passthrough(answer.status, answer.body, document)
+        library = document.get("libraryAPI")
+        own_uri = library.get("uri") if isinstance(library, dict) else None
+        for section in ("libraryAPI", "keystoreAPI", "tokenAPI"):
+            entry = document.get(section)
+            uri = entry.get("uri") if isinstance(entry, dict) else None
+            if (
+                isinstance(entry, dict)
+                and isinstance(uri, str)
+                and (uri == own_uri or self.service.points_at_upstream(uri))
+            ):
+                entry["uri"] = self.service.public_url
+        return web.json_response(document)
+
+    # -- the gateway's own prefix ------------------------------------------------------------------------
+
+    async def gateway_route(self, request: web.Request, path: str) -> web.StreamResponse:
+        if path == "/_gateway/healthz" and request.method in ("GET", "HEAD"):
+            return web.json_response({"status": "ok"})
+        raise NotFound(f"no such gateway route: {path}")
+
+
+def _credential(request: web.Request) -> str:
+    return credential_of(request.headers.get("Authorization"))
+
+
+def _passthrough(status: int, body: bytes, document: Any) -> web.Response:
+    """Pass the registry's answer on; a refusal without the library error shape gets one (empty 403s)."""
+    if status >= 500:
+        raise UpstreamUnavailable(f"registry failed ({status})")
+    if status >= 400 and not (isinstance(document, dict) and isinstance(document.get("error"), dict)):
+        message = f"registry answered {status}"
+        return web.json_response({"error": {"code": status, "message": message}}, status=status)
+    return web.Response(status=status, body=body, content_type="application/json")
