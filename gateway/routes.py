@@ -182,6 +182,10 @@ class Handlers:
     async def gateway_route(self, request: web.Request, path: str) -> web.StreamResponse:
         if path == "/_gateway/healthz" and request.method in ("GET", "HEAD"):
             return web.json_response({"status": "ok"})
+        segments = path.split("/")  # ["", "_gateway", "uploads", token, "parts"]
+        if len(segments) == 5 and segments[2] == "uploads" and segments[4] == "parts" and request.method == "GET":
+            parts = await self.service.uploaded_parts(unquote(segments[3]), credential=_credential(request))
+            return data_response({"parts": parts})
         raise NotFound(f"no such gateway route: {path}")
 
 

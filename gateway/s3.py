@@ -23,6 +23,11 @@ CreateMultipartUpload is retried only when the connection could not even be open
 a repeat could leave an orphan upload. Streamed bodies are never retried: they cannot be replayed.
 
 ETags are returned without their surrounding quotes.
+
+Server behaviours handled here (radosgw 16.2.15, SeaweedFS 4.48; tests/test_s3_client.py):
+- radosgw answers CompleteMultipartUpload with ``<ETag></ETag>``: the ETag is then taken from a HEAD;
+- radosgw answers ListParts of an aborted upload with 404 NoSuchKey: upload-scoped 404s raise NoSuchUpload;
+- SeaweedFS pages ListMultipartUploads by upload id only (no NextKeyMarker): upload-id-marker is sent alone.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from gateway.sigv4 import (
 )
 
 __all__ = [
+    "MALFORMED_ANSWER",
     "MAX_PARTS",
     "BodyLengthMismatch",
     "CompleteResult",
@@ -86,6 +92,7 @@ MAX_ETAG_LENGTH = 128
 ERROR_BODY_CAP = 64 * 1024  # an <Error> document is a few hundred bytes
 RESULT_BODY_CAP = 16 * 1024 * 1024  # a listing page of 1,000 long keys stays well below this
 MAX_BACKOFF_S = 5.0
+MALFORMED_ANSWER = "MalformedAnswer"  # our code for an answer we cannot use (not XML, too large, no UploadId)
 READ_CHUNK = 256 * 1024
 INLINE_HASH_LIMIT = 1024 * 1024  # larger in-memory bodies are hashed in a thread and sent from a BytesIO
 
@@ -148,11 +155,11 @@ class NoSuchUpload(S3ClientError):
 
 
 class S3ServerError(S3ResponseError):
-    """A 5xx, or a 200 whose body is an <Error> S3 asks to retry."""
+    """A 5xx, or a 200 whose body is an <Error> S3 asks to retry, or an answer this client cannot use."""
 
     @property
     def retryable(self) -> bool:
-        return True
+        return self.code != MALFORMED_ANSWER
 
 
 class S3ConnectionError(S3Error):
@@ -352,7 +359,7 @@ class _Request:
 class _Answer:
     status: int
     headers: CIMultiDictProxy[str]
-    body: bytes
+    root: ElementTree.Element | None  # the parsed XML document, if the body was one
 
 
 class _ExactLength:
@@ -386,6 +393,7 @@ class _ExactLength:
                 continue
             self._received += len(chunk)
             if self._received > self._length:
+                await self._close_source()
                 self._fail(longer=True)
             held, self._held = self._held, bytes(chunk)
             if held is not None:
@@ -394,6 +402,11 @@ class _ExactLength:
         if held is None:
             raise StopAsyncIteration
         return held
+
+    async def _close_source(self) -> None:
+        close = getattr(self._source, "aclose", None)
+        if close is not None:
+            await close()
 
     def _fail(self, *, longer: bool) -> None:
         self._done = True
@@ -445,7 +458,7 @@ class S3Client:
             body=b"",
             retry=_Retry.UNSENT,
         )
-        root = _parse_result(request, (await self._call(request)).body)
+        root = _result(request, await self._call(request))
         upload_id = _child_text(root, "UploadId")
         if not upload_id:
             raise _malformed(request, "no UploadId in the answer")
@@ -491,8 +504,7 @@ class S3Client:
                 if completed is not None:
                     return completed
             raise
-        # S3 may answer 200 and report the failure in the body, even after sending whitespace to keep it alive.
-        root = _parse_result(request, answer.body)
+        root = _result(request, answer)
         etag = normalise_etag(_child_text(root, "ETag"))
         if not etag:  # radosgw 16 answers <ETag></ETag> the first time; the object has one
             info = await self.head_object(bucket, key)
@@ -533,7 +545,7 @@ class S3Client:
             if marker:
                 query.append(("part-number-marker", str(marker)))
             request = _Request("ListParts", "GET", s3_path(bucket, key), query=tuple(query), upload_scoped=True)
-            root = _parse_result(request, (await self._call(request)).body)
+            root = _result(request, await self._call(request))
             page = [_part(request, element) for element in _children(root, "Part")]
             parts.extend(page)
             if not _is_truncated(root):
@@ -558,7 +570,7 @@ class S3Client:
             if upload_id_marker:
                 query.append(("upload-id-marker", upload_id_marker))
             request = _Request("ListMultipartUploads", "GET", _bucket_path(bucket), query=tuple(query))
-            root = _parse_result(request, (await self._call(request)).body)
+            root = _result(request, await self._call(request))
             uploads.extend(
                 MultipartUpload(
                     key=_child_text(element, "Key"),
@@ -569,8 +581,9 @@ class S3Client:
             )
             if not _is_truncated(root):
                 return uploads
+            # SeaweedFS pages by upload id alone: no NextKeyMarker, and it wants upload-id-marker without key-marker.
             next_markers = (_child_text(root, "NextKeyMarker"), _child_text(root, "NextUploadIdMarker"))
-            if not next_markers[0] or next_markers == (key_marker, upload_id_marker):
+            if next_markers in (("", ""), (key_marker, upload_id_marker)):
                 raise _malformed(request, "a truncated page without usable NextKeyMarker/NextUploadIdMarker")
             key_marker, upload_id_marker = next_markers
 
@@ -662,7 +675,7 @@ class S3Client:
             if token:
                 query.append(("continuation-token", token))
             request = _Request("ListObjectsV2", "GET", _bucket_path(bucket), query=tuple(query))
-            root = _parse_result(request, (await self._call(request)).body)
+            root = _result(request, await self._call(request))
             objects.extend(
                 ObjectSummary(
                     key=_child_text(element, "Key"),
@@ -776,8 +789,12 @@ class S3Client:
     async def _answer(self, request: _Request, response: aiohttp.ClientResponse) -> _Answer:
         if response.status >= 300:
             raise await _response_error(request, response)
-        body = await _read_capped(request, response, RESULT_BODY_CAP)
-        return _Answer(response.status, response.headers, body)
+        # S3 may answer 200 and report the failure in the body (CompleteMultipartUpload, after keep-alive
+        # whitespace): checked here, inside the retry loop.
+        root = _xml_root(await _read_capped(request, response, RESULT_BODY_CAP))
+        if root is not None and _local(root.tag) == "Error":
+            raise _error_document(request, root)
+        return _Answer(response.status, response.headers, root)
 
     def _should_retry(self, request: _Request, exc: S3Error, attempt: int) -> bool:
         if attempt >= self.settings.max_retries or not exc.retryable:
@@ -897,7 +914,7 @@ def _error_for(
     cls: type[S3ResponseError]
     if status >= 500 or (status < 300 and code in _SERVER_SIDE_CODES):
         cls = S3ServerError
-    elif request.upload_scoped and (code == "NoSuchUpload" or status == 404):
+    elif request.upload_scoped and (code == "NoSuchUpload" or (status == 404 and code == "NoSuchKey")):
         cls = NoSuchUpload  # radosgw says 404 NoSuchKey for an upload that was aborted
     else:
         cls = S3ClientError
@@ -912,22 +929,24 @@ def _error_fields(body: bytes) -> dict[str, str]:
     return {_local(child.tag): (child.text or "").strip() for child in root}
 
 
-def _parse_result(request: _Request, body: bytes) -> ElementTree.Element:
-    """The root of a success document; an <Error> document in a 200 is raised as the error it is."""
-    root = _xml_root(body)
-    if root is None:
+def _result(request: _Request, answer: _Answer) -> ElementTree.Element:
+    """The root of a success document."""
+    if answer.root is None:
         raise _malformed(request, "the answer is not XML")
-    if _local(root.tag) == "Error":
-        error = {_local(child.tag): (child.text or "").strip() for child in root}
-        raise _error_for(
-            request,
-            status=200,
-            code=error.get("Code", "") or "InternalError",
-            message=error.get("Message", ""),
-            request_id=error.get("RequestId", ""),
-            resource=error.get("Resource", ""),
-        )
-    return root
+    return answer.root
+
+
+def _error_document(request: _Request, root: ElementTree.Element) -> S3ResponseError:
+    """The error a 200 with an <Error> document stands for."""
+    error = {_local(child.tag): (child.text or "").strip() for child in root}
+    return _error_for(
+        request,
+        status=200,
+        code=error.get("Code", "") or "InternalError",
+        message=error.get("Message", ""),
+        request_id=error.get("RequestId", ""),
+        resource=error.get("Resource", ""),
+    )
 
 
 def _xml_root(body: bytes) -> ElementTree.Element | None:
@@ -940,7 +959,7 @@ def _xml_root(body: bytes) -> ElementTree.Element | None:
 
 
 def _malformed(request: _Request, reason: str, *, status: int = 200) -> S3ServerError:
-    return S3ServerError(request.operation, status=status, code="MalformedAnswer", message=reason)
+    return S3ServerError(request.operation, status=status, code=MALFORMED_ANSWER, message=reason)
 
 
 def _local(tag: str) -> str:

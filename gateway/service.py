@@ -276,6 +276,19 @@ class UploadService:
         log.info("upload aborted", extra={"event": "abort", "image_id": image_id, "mode": grant.mode})
         return {}
 
+    async def uploaded_parts(self, token: str, *, credential: str) -> list[dict[str, Any]]:
+        """Parts already in S3 for an upload, for a client resuming a push; only for the token's own caller."""
+        grant = self.sealer.open(token, image_id=None, credential=credential, now=self.clock().timestamp())
+        try:
+            parts = await self.s3.list_parts(grant.bucket, grant.key, grant.upload_id)
+        except S3ClientError as exc:
+            if exc.code in _GONE:
+                raise Conflict("upload no longer exists in storage (completed, aborted or expired)") from exc
+            raise StorageUnavailable(f"storage refused to list parts: {exc.code}") from exc
+        except S3Error as exc:
+            raise StorageUnavailable(f"storage failed listing parts: {exc}; retry") from exc
+        return [{"partNumber": p.number, "etag": f'"{p.etag}"', "size": p.size} for p in parts]
+
     # -- legacy single upload ----------------------------------------------------------------------------
 
     def rewrite_upload_url(self, request: LegacyStartRequest, upload_url: str) -> str:

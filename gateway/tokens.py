@@ -88,8 +88,11 @@ class TokenSealer:
         mac = hmac.new(self._keys[0], body, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode("ascii")
 
-    def open(self, token: object, *, image_id: str, credential: str, now: float) -> UploadGrant:
-        """Verify and decode ``token`` for this image and caller; raise a 4xx GatewayError otherwise."""
+    def open(self, token: object, *, image_id: str | None, credential: str, now: float) -> UploadGrant:
+        """Verify and decode ``token`` for this image and caller; raise a 4xx GatewayError otherwise.
+
+        ``image_id`` None skips the image binding, for gateway routes that name only the upload.
+        """
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS:
             raise InvalidRequest("uploadID: missing or malformed")
         try:
@@ -106,7 +109,7 @@ class TokenSealer:
         if key is None:
             raise InvalidRequest("uploadID: not issued by this gateway (bad signature)")
         grant = _decode(body[1:])
-        if not hmac.compare_digest(grant.image_id, image_id):
+        if image_id is not None and not hmac.compare_digest(grant.image_id, image_id):
             raise Forbidden("uploadID belongs to another image")
         if not hmac.compare_digest(grant.caller, self.caller_tag(credential, key=key)):
             raise Forbidden("uploadID belongs to another caller")

@@ -1,0 +1,319 @@
+"""The upload routes through the gateway, with the sregistry fake behind it and real S3 beside it, driven by a
+scripted client that speaks the real client's wire protocol."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.libclient import LibraryClient
+from tests.s3_fixtures import BUCKET
+from tests.s3servers import S3Server
+from tests.stack import MIB, OTHER_TOKEN, USER, start_stack, unique_ref
+
+FILE = os.urandom(70 * MIB + 12345)  # three parts of 32 MiB, the last one short
+FILE_SHA = hashlib.sha256(FILE).hexdigest()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def new_image(client: LibraryClient, sha: str = FILE_SHA) -> tuple[str, str]:
+    entity, collection, container = unique_ref()
+    return await client.create_image(entity, collection, container, sha), f"{collection}/{container}:sha256.{sha}"
+
+
+def read_object(s3: S3Server, key: str, bucket: str = BUCKET) -> bytes:
+    client = s3.botocore_client()
+    try:
+        return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    finally:
+        client.close()
+
+
+async def push(client: LibraryClient, image_id: str, data: bytes = FILE) -> tuple[Any, Any]:
+    start = await client.start(image_id, len(data))
+    assert start.status == 200, start.body
+    etags = await client.upload_parts(image_id, start.data, data)
+    done = await client.complete(image_id, start.data["uploadID"], etags)
+    return start.data, done
+
+
+async def test_multipart_push_lands_on_the_registrys_own_key_with_no_copy(
+    aiohttp_server: Any, s3_server: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, s3_server)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, key = await new_image(client)
+    start, done = await push(client, image_id)
+    assert (start["totalParts"], start["partSize"], start["options"]) == (3, 32 * MIB, {"s3compliant": "true"})
+    assert done.status == 200 and done.json == {}
+    assert read_object(s3_server, key) == FILE
+    seen = [(r.method, r.path) for r in stack.requests_seen_by_registry]
+    assert ("POST", f"/v2/imagefile/{image_id}") in seen  # the registry was asked who may push
+    assert ("PUT", f"/v2/imagefile/{image_id}/_complete") in seen
+    assert not any("_multipart" in path for _, path in seen)  # never forwarded (sregistry's abort deletes rows)
+
+
+async def test_relay_mode_streams_the_assembled_image_to_a_self_hosting_registry(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs, flavour="selfhosted")
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    _, done = await push(client, image_id)
+    assert done.status == 200, done.body
+    stored = [r for r in stack.requests_seen_by_registry if r.method == "PUT" and r.body_length == len(FILE)]
+    assert len(stored) == 1 and not stored[0].chunked and stored[0].status in (200, 201, 204)
+    image = stack.registry_state.images[int(image_id)]
+    assert image.file_path is not None and image.file_path.read_bytes() == FILE
+    # Staged parts are gone; only the completion marker stays under the reserved prefix.
+    staged = seaweedfs.botocore_client()
+    try:
+        keys = [o["Key"] for o in staged.list_objects_v2(Bucket=BUCKET, Prefix="_gateway/").get("Contents", [])]
+    finally:
+        staged.close()
+    assert not any("/relay/" in k and image_id in k for k in keys)
+
+
+async def test_a_retried_complete_after_success_answers_success(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, key = await new_image(client)
+    start = (await client.start(image_id, len(FILE))).data
+    etags = await client.upload_parts(image_id, start, FILE)
+    first = await client.complete(image_id, start["uploadID"], etags)
+    again = await client.complete(image_id, start["uploadID"], etags)
+    assert (first.status, again.status) == (200, 200), again.body
+    assert read_object(seaweedfs, key) == FILE
+
+
+async def test_part_urls_are_signed_for_the_external_host_with_the_sha256_bound(
+    aiohttp_server: Any, radosgw: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, radosgw)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    start = (await client.start(image_id, len(FILE))).data
+    part = FILE[: 32 * MIB]
+    url = (await client.presign(image_id, start["uploadID"], 1, part)).data["presignedURL"]
+    assert url.startswith(f"http://localhost:{radosgw.port}/{BUCKET}/")
+    assert f"X-Amz-Content-Sha256={hashlib.sha256(part).hexdigest()}" in url
+    corrupted = b"X" + part[1:]
+    status, _ = await client.put_part(url, corrupted, sha256_hex=hashlib.sha256(part).hexdigest())
+    assert status == 400  # radosgw verifies the body against the bound sha256
+    internal = url.replace(f"//localhost:{radosgw.port}", f"//127.0.0.1:{radosgw.port}")
+    assert (await client.put_part(internal, part))[0] == 403  # signed for the external host only
+    assert (await client.put_part(url, part))[0] == 200
+
+
+async def test_multipart_off_answers_404_on_start_only(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs, uploads={"multipart": False})
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    start = await client.start(image_id, len(FILE))
+    assert start.status == 404 and start.json["error"]["code"] == 404
+
+
+async def test_the_registrys_refusal_is_passed_on_with_its_status(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    owner = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(owner)
+    stranger = LibraryClient(session, stack.gateway_url, token=OTHER_TOKEN)
+    refused = await stranger.start(image_id, len(FILE))
+    assert refused.status == 403  # sregistry's empty 403, wrapped in the library error shape
+    assert refused.json["error"]["code"] == 403
+    anonymous = LibraryClient(session, stack.gateway_url, token=None)
+    assert (await anonymous.start(image_id, len(FILE))).status == 403
+    assert (await owner.start("999999", len(FILE))).status == 404  # unknown image: the registry's 404
+
+
+async def test_tokens_are_bound_to_image_and_caller(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    other_image, _ = await new_image(client)
+    upload_id = (await client.start(image_id, len(FILE))).data["uploadID"]
+    part = FILE[: 32 * MIB]
+    cross_image = await client.presign(other_image, upload_id, 1, part)
+    assert cross_image.status == 403
+    stranger = LibraryClient(session, stack.gateway_url, token=OTHER_TOKEN)
+    assert (await stranger.presign(image_id, upload_id, 1, part)).status == 403
+    assert (await stranger.complete(image_id, upload_id, ["a"] * 3)).status == 403
+    assert (await stranger.abort(image_id, upload_id)).status == 403
+    forged = upload_id[:-4] + ("AAAA" if not upload_id.endswith("AAAA") else "BBBB")
+    assert (await client.presign(image_id, forged, 1, part)).status == 400
+
+
+@pytest.mark.parametrize(
+    ("number", "size", "status"),
+    [(1, 32 * MIB, 200), (3, 70 * MIB + 12345 - 64 * MIB, 200), (3, 32 * MIB, 400), (4, 1, 400), (0, 1, 400)],
+)
+async def test_part_numbers_and_sizes_must_match_the_plan(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession, number: int, size: int, status: int
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    upload_id = (await client.start(image_id, len(FILE))).data["uploadID"]
+    body = {"partSize": size, "uploadID": upload_id, "partNumber": number, "sha256sum": "a" * 64}
+    answer = await client.call("PUT", f"/v2/imagefile/{image_id}/_multipart", body)
+    assert answer.status == status, answer.body
+    if status != 200:
+        assert answer.json["error"]["code"] == status
+
+
+async def test_wrong_etags_and_missing_parts_at_complete_are_4xx_and_a_fix_still_completes(
+    aiohttp_server: Any, s3_server: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, s3_server)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, key = await new_image(client)
+    start = (await client.start(image_id, len(FILE))).data
+    etags = await client.upload_parts(image_id, start, FILE)
+    wrong = await client.complete(
+        image_id, start["uploadID"], [etags[0], '"0123456789abcdef0123456789abcdef"', etags[2]]
+    )
+    assert 400 <= wrong.status < 500 and wrong.status != 404, wrong.body
+    missing = await client.complete(image_id, start["uploadID"], etags[:2])
+    assert missing.status == 400
+    unquoted = [etag.strip('"') for etag in etags]
+    assert (await client.complete(image_id, start["uploadID"], unquoted)).status == 200
+    assert read_object(s3_server, key) == FILE
+
+
+async def test_abort_removes_the_upload_in_s3_and_a_second_abort_is_fine(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    start = (await client.start(image_id, len(FILE))).data
+    part = FILE[: 32 * MIB]
+    url = (await client.presign(image_id, start["uploadID"], 1, part)).data["presignedURL"]
+    assert (await client.put_part(url, part))[0] == 200
+    first, second = await client.abort(image_id, start["uploadID"]), await client.abort(image_id, start["uploadID"])
+    assert (first.status, first.json, second.status) == (200, {}, 200)
+    completing = await client.complete(image_id, start["uploadID"], ["x"] * 3)
+    assert completing.status == 409, completing.body
+    assert int(image_id) in stack.registry_state.images  # the image row survives: abort was not forwarded
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/imagefile/a%2Fb/_multipart",
+        "/v2/imagefile/..%2F1/_multipart",
+        "/v2/imagefile/%C3%A9/_multipart",
+        "/v2/imagefile/" + "x" * 129 + "/_multipart",
+        "/v2/imagefile/a%20b/_multipart_complete",
+    ],
+)
+async def test_image_ids_outside_the_allowed_set_are_400(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession, path: str
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    method = "POST" if path.endswith("_multipart") else "PUT"
+    answer = await client.call(method, path, {"filesize": 10})
+    assert answer.status == 400 and answer.json["error"]["code"] == 400
+    assert not stack.requests_seen_by_registry
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b'{"filesize": -1}', b'{"filesize": "1"}', b"\xff"])
+async def test_malformed_start_bodies_are_400_and_never_reach_the_registry(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession, raw: bytes
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    answer = await client.call("POST", "/v2/imagefile/1/_multipart", raw=raw)
+    assert answer.status == 400, answer.body
+    assert not stack.requests_seen_by_registry
+
+
+async def test_oversized_bodies_on_intercepted_routes_are_413(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    answer = await client.call("PUT", "/v2/imagefile/1/_multipart", raw=b" " * (2 * MIB))
+    assert answer.status == 413 and answer.json["error"]["code"] == 413
+
+
+async def test_legacy_upload_url_is_resigned_with_the_whole_file_sha256_bound(
+    aiohttp_server: Any, radosgw: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, radosgw)
+    client = LibraryClient(session, stack.gateway_url)
+    data = os.urandom(3 * MIB)
+    sha = hashlib.sha256(data).hexdigest()
+    image_id, key = await new_image(client, sha)
+    answer = await client.call("POST", f"/v2/imagefile/{image_id}", {"filesize": len(data), "sha256sum": sha})
+    url = answer.data["uploadURL"]
+    assert url.startswith(f"http://localhost:{radosgw.port}/")
+    assert "X-Amz-SignedHeaders=host%3Bx-amz-content-sha256" in url
+    assert (await client.put_part(url, b"Y" + data[1:], sha256_hex=sha))[0] == 400  # S3 verified the file
+    assert (await client.put_part(url, data))[0] == 200
+    assert (await client.call("PUT", f"/v2/imagefile/{image_id}/_complete", {})).status == 200
+    assert read_object(radosgw, key) == data
+
+
+async def test_legacy_upload_above_5_gib_is_413_telling_to_enable_multipart(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    answer = await client.call("POST", f"/v2/imagefile/{image_id}", {"filesize": 5 * 1024**3 + 1})
+    assert answer.status == 413 and "multipart" in answer.json["error"]["message"]
+
+
+async def test_discovery_points_clients_at_the_gateway(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    async with session.get(stack.gateway_url + "/assets/config/config.prod.json") as response:
+        document = json.loads(await response.read())
+    for section in ("libraryAPI", "keystoreAPI", "tokenAPI"):
+        assert document[section]["uri"] == stack.gateway_url
+    assert "auth" in document  # everything else kept
+
+
+async def test_downloads_redirect_to_a_url_signed_for_the_external_host(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    await push(client, image_id)
+    image = stack.registry_state.images[int(image_id)]
+    tag = await client.call("POST", f"/v1/tags/{image.collection.id}", {"Tag": "v1", "ImageID": image_id})
+    assert tag.status == 200, tag.body
+    ref = f"{USER}/{image.collection.name}/{image.name}:v1"
+    async with session.get(
+        f"{stack.gateway_url}/v1/imagefile/{ref}?arch=amd64",
+        headers=client.headers(),
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 302
+        location = response.headers["Location"]
+    assert location.startswith(f"http://localhost:{seaweedfs.port}/") and "X-Amz-Expires=3600" in location
+    async with session.get(location) as pulled:
+        assert await pulled.read() == FILE
