@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -12,10 +13,11 @@ from aiohttp.typedefs import Handler
 from yarl import URL
 
 from .config import Config
-from .errors import GatewayError
+from .errors import GatewayError, StorageUnavailable, UpstreamTimeout, UpstreamUnavailable
+from .metrics import Metrics
 from .proxy import Forwarder
 from .registry import Registry
-from .routes import Handlers
+from .routes import Handlers, route_class
 from .s3 import S3Client, S3Settings
 from .service import UploadService
 from .sigv4 import Credentials, Signer
@@ -28,6 +30,7 @@ log = logging.getLogger("gateway.app")
 CONFIG = web.AppKey("config", Config)
 SERVICE = web.AppKey("service", UploadService)
 HANDLERS = web.AppKey("handlers", Handlers)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -35,10 +38,29 @@ def error_response(status: int, message: str) -> web.Response:
 
 
 @web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = "error"
+    try:
+        response = await handler(request)
+        status = str(response.status)
+        return response
+    finally:
+        route = route_class(request.method, request.raw_path)
+        metrics = request.app[METRICS]
+        metrics.requests.inc(route=route, status=status)
+        metrics.latency.observe(time.perf_counter() - started, route=route)
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
+        if isinstance(exc, UpstreamUnavailable | UpstreamTimeout):
+            request.app[METRICS].upstream_errors.inc(kind=type(exc).__name__)
+        elif isinstance(exc, StorageUnavailable):
+            request.app[METRICS].s3_errors.inc(kind=type(exc).__name__)
         if exc.status >= 500:
             log.warning("%s %s failed: %s", request.method, request.path, exc.message)
         return error_response(exc.status, exc.message)
@@ -68,8 +90,9 @@ def s3_settings(config: Config) -> S3Settings:
 def create_app(config: Config, *, clock: Callable[[], datetime] | None = None) -> web.Application:
     """The gateway app; clients are created on startup and closed on cleanup. Start-up never calls out."""
     now = clock or (lambda: datetime.now(UTC))
-    app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": 16384})
+    app = web.Application(middlewares=[metrics_middleware, error_middleware], handler_args={"max_field_size": 16384})
     app[CONFIG] = config
+    app[METRICS] = metrics = Metrics()
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         upstream_session = aiohttp.ClientSession(
@@ -89,6 +112,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] | None = None) -
                 signer=Signer(Credentials(config.s3.access_key, config.s3.secret_key), config.s3.region),
                 sealer=TokenSealer(config.uploads.token_secret, config.uploads.previous_token_secrets),
                 clock=now,
+                metrics=metrics,
             )
             forwarder = Forwarder(
                 upstream_session,

@@ -15,6 +15,7 @@ Handlers raise; a single middleware (gateway.app) renders every GatewayError as
     │   └── UpstreamRefused          4xx  the registry said no; its status is passed on
     ├── UpstreamUnavailable          502
     ├── StorageUnavailable           503  S3 down or erroring; a retry may succeed
+    ├── NotReady                     503  readiness probe: the registry or S3 is not reachable
     └── UpstreamTimeout              504
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidRequest",
     "MethodNotAllowed",
     "NotFound",
+    "NotReady",
     "PayloadTooLarge",
     "StorageUnavailable",
     "Unauthorized",
@@ -88,6 +90,10 @@ class UpstreamUnavailable(GatewayError):
 
 
 class StorageUnavailable(GatewayError):
+    status = 503
+
+
+class NotReady(GatewayError):
     status = 503
 
 

@@ -15,13 +15,13 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .errors import MethodNotAllowed, NotFound, PayloadTooLarge, UpstreamUnavailable
+from .errors import MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, UpstreamUnavailable
 from .proxy import Forwarder, end_to_end_headers
 from .service import UploadService
 from .tokens import credential_of
 from .uploads import LegacyStartRequest, check_image_id
 
-__all__ = ["MAX_JSON_BODY", "Handlers", "data_response"]
+__all__ = ["MAX_JSON_BODY", "Handlers", "data_response", "route_class"]
 
 log = logging.getLogger("gateway.routes")
 
@@ -182,11 +182,48 @@ class Handlers:
     async def gateway_route(self, request: web.Request, path: str) -> web.StreamResponse:
         if path == "/_gateway/healthz" and request.method in ("GET", "HEAD"):
             return web.json_response({"status": "ok"})
+        if path == "/_gateway/readyz" and request.method in ("GET", "HEAD"):
+            reason = await self.service.readiness()
+            if reason is not None:
+                raise NotReady(reason)
+            return web.json_response({"status": "ready"})
+        if path == "/_gateway/metrics" and request.method == "GET":
+            return web.Response(
+                text=self.service.metrics.render(),
+                content_type="text/plain",
+                charset="utf-8",
+                headers={"X-Content-Type-Options": "nosniff"},
+            )
         segments = path.split("/")  # ["", "_gateway", "uploads", token, "parts"]
         if len(segments) == 5 and segments[2] == "uploads" and segments[4] == "parts" and request.method == "GET":
             parts = await self.service.uploaded_parts(unquote(segments[3]), credential=_credential(request))
             return data_response({"parts": parts})
         raise NotFound(f"no such gateway route: {path}")
+
+
+_UPLOAD_ROUTE_CLASSES: Final = {
+    ("POST", "_multipart"): "upload-start",
+    ("PUT", "_multipart"): "upload-part",
+    ("PUT", "_multipart_complete"): "upload-complete",
+    ("PUT", "_multipart_abort"): "upload-abort",
+}
+
+
+def route_class(method: str, raw_path: str) -> str:
+    """A small, bounded label for metrics: which kind of route answered."""
+    path = raw_path.partition("?")[0]
+    if path.startswith("/_gateway/"):
+        return "gateway"
+    segments = path.split("/")
+    if len(segments) == 5 and segments[1] == "v2" and segments[2] == "imagefile":
+        return _UPLOAD_ROUTE_CLASSES.get((method, segments[4]), "proxy")
+    if len(segments) == 4 and segments[1] == "v2" and segments[2] == "imagefile" and method == "POST":
+        return "legacy-start"
+    if path.startswith("/v1/imagefile/"):
+        return "download"
+    if path == DISCOVERY_PATH:
+        return "discovery"
+    return "proxy"
 
 
 def _credential(request: web.Request) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from multidict import CIMultiDict
 
 from .config import Config
 from .errors import Conflict, GatewayError, InvalidRequest, PayloadTooLarge, StorageUnavailable, UpstreamUnavailable
+from .metrics import Metrics
 from .registry import Registry
-from .s3 import S3Client, S3ClientError, S3Error
+from .s3 import S3Client, S3ClientError, S3Error, S3UsageError
 from .sigv4 import Endpoint, Signer
 from .tokens import Mode, TokenSealer, UploadGrant
 from .uploads import (
@@ -67,8 +69,11 @@ class UploadService:
         signer: Signer,
         sealer: TokenSealer,
         clock: Callable[[], datetime],
+        metrics: Metrics,
     ) -> None:
         self.config = config
+        self.metrics = metrics
+        self._readiness: tuple[float, str | None] = (float("-inf"), None)
         self.s3 = s3
         self.registry = registry
         self.signer = signer
@@ -103,6 +108,7 @@ class UploadService:
         """A redirect from the registry: re-sign S3 downloads for the external endpoint; keep clients on us."""
         target = self.s3_location(location)
         if target is not None:
+            self.metrics.presigns.inc(kind="download")
             return self.signer.presign(
                 "GET",
                 self.external,
@@ -135,6 +141,7 @@ class UploadService:
             expires_at=int(self.clock().timestamp()) + self.config.uploads.token_ttl_seconds,
             caller=self.sealer.caller_tag(credential),
         )
+        self.metrics.uploads.inc(event="started", mode=mode)
         log.info(
             "upload started",
             extra={
@@ -183,6 +190,7 @@ class UploadService:
         expected = grant.expected_part_size(request.part_number)
         if request.part_size != expected:
             raise InvalidRequest(f"partSize: part {request.part_number} must be {expected} bytes")
+        self.metrics.presigns.inc(kind="part")
         url = self.signer.presign(
             "PUT",
             self.external,
@@ -208,12 +216,15 @@ class UploadService:
         else:
             await self._complete_relayed(grant, request.parts, headers=headers)
         answer = await self.registry.complete_upload(image_id, headers=headers)
+        self.metrics.uploads.inc(event="completed", mode=grant.mode)
         log.info("upload completed", extra={"event": "complete", "image_id": image_id, "mode": grant.mode})
         return answer
 
     async def _complete_adopted(self, grant: UploadGrant, parts: tuple[tuple[int, str], ...]) -> None:
         try:
             await self.s3.complete_multipart_upload(grant.bucket, grant.key, grant.upload_id, parts)
+        except S3UsageError as exc:
+            raise InvalidRequest(f"completedParts: {exc}") from exc
         except S3ClientError as exc:
             if exc.code in _GONE and await self._object_has_size(grant.bucket, grant.key, grant.filesize):
                 return  # a retried complete after success
@@ -227,6 +238,8 @@ class UploadService:
         marker = self._completion_marker(grant)
         try:
             await self.s3.complete_multipart_upload(grant.bucket, grant.key, grant.upload_id, parts)
+        except S3UsageError as exc:
+            raise InvalidRequest(f"completedParts: {exc}") from exc
         except S3ClientError as exc:
             if exc.code not in _GONE:
                 raise self._complete_error(exc) from exc
@@ -273,6 +286,7 @@ class UploadService:
                 raise StorageUnavailable(f"storage refused the abort: {exc.code}") from exc
         except S3Error as exc:
             raise StorageUnavailable(f"storage failed at abort: {exc}; retry") from exc
+        self.metrics.uploads.inc(event="aborted", mode=grant.mode)
         log.info("upload aborted", extra={"event": "abort", "image_id": image_id, "mode": grant.mode})
         return {}
 
@@ -299,6 +313,7 @@ class UploadService:
                     "images above 5 GiB need multipart uploads: enable uploads.multipart on the gateway"
                 )
             # With the sha256 bound and signed as a header (v3h), the client sends it and S3 verifies the file.
+            self.metrics.presigns.inc(kind="legacy")
             return self.signer.presign(
                 "PUT",
                 self.external,
@@ -312,6 +327,30 @@ class UploadService:
         if self.points_at_upstream(upload_url):
             return self.to_public(upload_url)
         return upload_url
+
+    async def readiness(self, *, max_age_s: float = 5.0) -> str | None:
+        """None when the registry and S3 answer, else why not; cached briefly so probes cost little."""
+        checked_at, reason = self._readiness
+        now = time.monotonic()
+        if now - checked_at < max_age_s:
+            return reason
+        reason = await self._check_ready()
+        self._readiness = (time.monotonic(), reason)
+        return reason
+
+    async def _check_ready(self) -> str | None:
+        try:
+            answer = await self.registry.call("GET", "/version", headers=CIMultiDict(), body=b"")
+        except GatewayError as exc:
+            return f"registry: {exc.message}"
+        if answer.status >= 500:
+            return f"registry: /version answered {answer.status}"
+        try:
+            if not await self.s3.head_bucket(self.config.s3.bucket):
+                return f"s3: bucket {self.config.s3.bucket!r} not found or not accessible"
+        except S3Error as exc:
+            return f"s3: {exc}"
+        return None
 
     @staticmethod
     async def _s3_call(call: Awaitable[T]) -> T:

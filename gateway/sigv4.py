@@ -12,10 +12,12 @@ S3 rules encoded here (PROTOCOL.md §9):
 - a presigned URL may bind a payload sha256: it is the canonical payload hash AND ``X-Amz-Content-Sha256`` in the
   signed query (variant v3, the form radosgw, SeaweedFS and MinIO all accept), optionally also a signed header (v3h).
 
-Speed: the gateway signs one URL per part, so ``presign`` has a direct path for the common shape (host and at
-most the sha256 header signed, caller parameters that sort after ``X-Amz-*``) that writes the canonical query in
-order instead of sorting it; everything else goes through the general ``presign_canonical``. Both give the same
-bytes (tests/test_sigv4.py checks it).
+Speed (bench/presign.py): the gateway signs one URL per part, so ``presign`` has a direct path for the common
+shape (host and at most the sha256 header signed, caller parameters that sort after ``X-Amz-*``) that writes the
+canonical query in order instead of sorting it; everything else goes through the general ``presign_canonical``.
+Both give the same bytes (tests/test_sigv4.py checks it). Also: the per-day key, scope and credential are derived
+once, the HMAC key blocks are hashed once, ``X-Amz-Date`` is remembered for the current second, encoded object
+paths are cached per (bucket, key), and strings with nothing to encode skip the encoder.
 """
 
 from __future__ import annotations

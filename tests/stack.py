@@ -59,7 +59,7 @@ def unique_ref(prefix: str = "c") -> tuple[str, str, str]:
 
 
 async def start_registry(
-    aiohttp_server: ServerFactory, s3: S3Server, *, flavour: Flavour = "s3", **settings: Any
+    aiohttp_server: ServerFactory, s3: S3Server, /, *, flavour: Flavour = "s3", **settings: Any
 ) -> tuple[web.Application, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -81,7 +81,7 @@ async def start_registry(
     return app, url
 
 
-def stack_config(s3: S3Server, *, registry_url: str, gateway_port: int, **sections: dict[str, Any]) -> Config:
+def stack_config(s3: S3Server, /, *, registry_url: str, gateway_port: int, **sections: dict[str, Any]) -> Config:
     sections.setdefault("uploads", {})
     sections["uploads"] = {"part_size": 32 * MIB} | sections["uploads"]
     return gateway_config(
@@ -99,6 +99,7 @@ def stack_config(s3: S3Server, *, registry_url: str, gateway_port: int, **sectio
 async def start_stack(
     aiohttp_server: ServerFactory,
     s3: S3Server,
+    /,
     *,
     flavour: Flavour = "s3",
     registry_settings: dict[str, Any] | None = None,
