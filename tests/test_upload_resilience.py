@@ -1,0 +1,155 @@
+"""Stateless uploads under restarts, several replicas, S3 outages and racing completes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.app import create_app
+from tests.libclient import LibraryClient
+from tests.s3_fixtures import BUCKET
+from tests.s3servers import RadosGW, S3Server
+from tests.stack import MIB, free_port, stack_config, start_registry, unique_ref
+
+FILE = os.urandom(40 * MIB + 777)  # two parts of 32 MiB, the last one short
+FILE_SHA = hashlib.sha256(FILE).hexdigest()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def start_gateway(s3: S3Server, registry_url: str, port: int | None = None) -> tuple[TestServer, str]:
+    port = port or free_port()
+    server = TestServer(create_app(stack_config(s3, registry_url=registry_url, gateway_port=port)), port=port)
+    await server.start_server()
+    return server, f"http://127.0.0.1:{port}"
+
+
+def stored(s3: S3Server, key: str) -> bytes:
+    client = s3.botocore_client()
+    try:
+        return bytes(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    finally:
+        client.close()
+
+
+async def new_upload(client: LibraryClient) -> tuple[str, str, Any]:
+    _, collection, container = unique_ref()
+    image_id = await client.create_image("alice", collection, container, FILE_SHA)
+    start = await client.start(image_id, len(FILE))
+    assert start.status == 200, start.body
+    return image_id, f"{collection}/{container}:sha256.{FILE_SHA}", start.data
+
+
+async def test_a_gateway_restart_between_parts_loses_nothing(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    _, registry_url = await start_registry(aiohttp_server, seaweedfs)
+    first, url = await start_gateway(seaweedfs, registry_url)
+    client = LibraryClient(session, url)
+    image_id, key, start = await new_upload(client)
+    part1 = FILE[: 32 * MIB]
+    status, etag1 = await client.put_part(
+        (await client.presign(image_id, start["uploadID"], 1, part1)).data["presignedURL"], part1
+    )
+    assert status == 200
+    port = first.port
+    await first.close()  # the process is gone; nothing of the upload was in its memory
+    second, _ = await start_gateway(seaweedfs, registry_url, port=port)
+    try:
+        part2 = FILE[32 * MIB :]
+        url2 = (await client.presign(image_id, start["uploadID"], 2, part2)).data["presignedURL"]
+        status, etag2 = await client.put_part(url2, part2)
+        assert status == 200
+        assert (await client.complete(image_id, start["uploadID"], [etag1, etag2])).status == 200
+    finally:
+        await second.close()
+    assert stored(seaweedfs, key) == FILE
+
+
+async def test_two_replicas_with_the_same_secret_serve_alternate_steps(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    _, registry_url = await start_registry(aiohttp_server, seaweedfs)
+    (one, url_one), (two, url_two) = (
+        await start_gateway(seaweedfs, registry_url),
+        await start_gateway(seaweedfs, registry_url),
+    )
+    try:
+        replicas = [LibraryClient(session, url_one), LibraryClient(session, url_two)]
+        image_id, key, start = await new_upload(replicas[0])
+        etags = []
+        for number in (1, 2):
+            part = FILE[(number - 1) * 32 * MIB : number * 32 * MIB]
+            presigned = await replicas[number % 2].presign(image_id, start["uploadID"], number, part)
+            status, etag = await replicas[0].put_part(presigned.data["presignedURL"], part)
+            assert status == 200
+            etags.append(etag)
+        assert (await replicas[1].complete(image_id, start["uploadID"], etags)).status == 200
+    finally:
+        await one.close()
+        await two.close()
+    assert stored(seaweedfs, key) == FILE
+
+
+async def test_s3_down_at_complete_answers_503_and_a_retry_after_it_is_back_succeeds(
+    aiohttp_server: Any, radosgw: RadosGW, session: aiohttp.ClientSession
+) -> None:
+    _, registry_url = await start_registry(aiohttp_server, radosgw)
+    gateway, url = await start_gateway(radosgw, registry_url)
+    try:
+        client = LibraryClient(session, url)
+        image_id, key, start = await new_upload(client)
+        etags = await client.upload_parts(image_id, start, FILE)
+        radosgw.stop_rgw()
+        try:
+            # Part presigns need no S3 call: they keep working while S3 is down.
+            assert (await client.presign(image_id, start["uploadID"], 1, FILE[: 32 * MIB])).status == 200
+            down = await client.complete(image_id, start["uploadID"], etags)
+        finally:
+            radosgw.start_rgw()
+        assert down.status == 503, down.body
+        assert down.json["error"]["code"] == 503
+        again = await client.complete(image_id, start["uploadID"], etags)
+        assert again.status == 200, again.body
+    finally:
+        await gateway.close()
+    assert stored(radosgw, key) == FILE
+
+
+async def test_two_racing_completes_leave_one_correct_object(
+    aiohttp_server: Any, s3_server: S3Server, session: aiohttp.ClientSession
+) -> None:
+    _, registry_url = await start_registry(aiohttp_server, s3_server)
+    gateway, url = await start_gateway(s3_server, registry_url)
+    try:
+        client = LibraryClient(session, url)
+        image_id, key, start = await new_upload(client)
+        etags = await client.upload_parts(image_id, start, FILE)
+        first, second = await asyncio.gather(
+            client.complete(image_id, start["uploadID"], etags), client.complete(image_id, start["uploadID"], etags)
+        )
+    finally:
+        await gateway.close()
+    statuses = sorted([first.status, second.status])
+    assert statuses in ([200, 200], [200, 409], [200, 503]), (first.body, second.body)
+    assert stored(s3_server, key) == FILE
+
+
+async def test_an_upstream_down_at_start_answers_502(seaweedfs: S3Server, session: aiohttp.ClientSession) -> None:
+    gateway, url = await start_gateway(seaweedfs, f"http://127.0.0.1:{free_port()}")
+    try:
+        answer = await LibraryClient(session, url).start("1", len(FILE))
+    finally:
+        await gateway.close()
+    assert answer.status == 502 and answer.json["error"]["code"] == 502
