@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +23,7 @@ from .routes import Handlers, route_class
 from .s3 import S3Client, S3Settings
 from .service import UploadService
 from .sigv4 import Credentials, Signer
+from .sweeper import run_periodically
 from .tokens import TokenSealer
 
 __all__ = ["CONFIG", "SERVICE", "create_app", "error_middleware", "error_response"]
@@ -122,7 +125,23 @@ def create_app(config: Config, *, clock: Callable[[], datetime] | None = None) -
             )
             app[SERVICE] = service
             app[HANDLERS] = Handlers(service, forwarder)
+            sweeping = None
+            if config.uploads.sweep_interval_seconds > 0:
+                sweeping = asyncio.create_task(
+                    run_periodically(
+                        s3,
+                        bucket=config.s3.bucket,
+                        staging_prefix=config.uploads.staging_prefix,
+                        interval_s=config.uploads.sweep_interval_seconds,
+                        grace_s=config.uploads.sweep_grace_seconds,
+                        clock=now,
+                    )
+                )
             yield
+            if sweeping is not None:
+                sweeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeping
         finally:
             await s3.close()
             await upstream_session.close()
@@ -131,5 +150,6 @@ def create_app(config: Config, *, clock: Callable[[], datetime] | None = None) -
         return await request.app[HANDLERS].dispatch(request)
 
     app.cleanup_ctx.append(clients)
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    # (?s): a path with an encoded newline (%0A) must reach dispatch too, not the router's own 404.
+    app.router.add_route("*", "/{tail:(?s:.*)}", dispatch)
     return app

@@ -1,11 +1,13 @@
-"""Command line: ``signing-gateway serve | check-config | presign | --version``.
+"""Command line: ``signing-gateway serve | check-config | sweep | presign | push | pull | --version``.
 
-Exit codes: 0 success, 2 bad configuration or usage (one line on stderr naming the key).
+Exit codes: 0 success, 1 a command failed (sweep: S3 errors), 2 bad configuration or usage (one line on stderr
+naming the key).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import sys
@@ -13,6 +15,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from . import __version__
+from .client.cli import add_commands as add_client_commands
+from .client.cli import run as run_client
 from .config import Config, ConfigError, load_config, masked
 from .sigv4 import MAX_EXPIRES_S, Credentials, Signer
 
@@ -37,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config(commands.add_parser("serve", help="run the gateway"))
     with_config(commands.add_parser("check-config", help="print the effective configuration, secrets masked"))
+    sweep = with_config(
+        commands.add_parser("sweep", help="abort abandoned uploads and remove their leftovers, once (cron-safe)")
+    )
+    sweep.add_argument("--grace-seconds", type=int, metavar="S", help="default: uploads.sweep_grace_seconds")
+    sweep.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     presign = with_config(
         commands.add_parser("presign", help="print a presigned URL for the external S3 endpoint (debugging)")
     )
@@ -53,11 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     presign.add_argument(
         "--explain", action="store_true", help="also print the canonical request and the string to sign"
     )
+    add_client_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("push", "pull"):  # clients of a gateway: no gateway config
+        return run_client(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -68,10 +80,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "presign":
         return _presign(config, args)
+    if args.command == "sweep":
+        return asyncio.run(_sweep(config, args))
     from .server import serve  # aiohttp is imported only when serving
 
     serve(config)
     return 0
+
+
+async def _sweep(config: Config, args: argparse.Namespace) -> int:
+    from .app import s3_settings
+    from .s3 import S3Client, S3Error
+    from .sweeper import sweep
+
+    grace = args.grace_seconds if args.grace_seconds is not None else config.uploads.sweep_grace_seconds
+    async with S3Client(s3_settings(config)) as s3:
+        try:
+            report = await sweep(
+                s3,
+                bucket=config.s3.bucket,
+                staging_prefix=config.uploads.staging_prefix,
+                now=datetime.now(UTC).timestamp(),
+                grace_s=grace,
+                dry_run=args.dry_run,
+            )
+        except S3Error as exc:
+            print(f"sweep failed: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(report.__dict__ | {"dry_run": args.dry_run}))
+    return 1 if report.errors else 0
 
 
 def _presign(config: Config, args: argparse.Namespace) -> int:

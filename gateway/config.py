@@ -93,6 +93,8 @@ class UploadsConfig:
     token_secret: str = ""
     previous_token_secrets: list[str] = field(default_factory=list)
     staging_prefix: str = "_gateway/"
+    sweep_interval_seconds: float = 0.0
+    sweep_grace_seconds: int = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +253,10 @@ def _validate(config: Config) -> None:
     ):
         if not 1 <= seconds <= MAX_EXPIRES_S:
             raise ConfigError(f"{where}: must be within 1..{MAX_EXPIRES_S} (S3's limit is 7 days)")
+    if uploads.sweep_interval_seconds < 0:
+        raise ConfigError("uploads.sweep_interval_seconds: must be 0 (off) or positive")
+    if uploads.sweep_grace_seconds < 0:
+        raise ConfigError("uploads.sweep_grace_seconds: must not be negative")
     if uploads.token_ttl_seconds <= 0:
         raise ConfigError("uploads.token_ttl_seconds: must be positive")
     if not uploads.staging_prefix or uploads.staging_prefix.startswith("/"):

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .errors import MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, UpstreamUnavailable
+from .errors import InvalidRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, UpstreamUnavailable
 from .proxy import Forwarder, end_to_end_headers
 from .service import UploadService
 from .tokens import credential_of
@@ -38,10 +38,13 @@ def data_response(data: Any, *, status: int = 200) -> web.Response:
 async def read_small_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
-    body = await request.content.read(MAX_JSON_BODY + 1)
-    if len(body) > MAX_JSON_BODY:
-        raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
-    return body
+    # read(n) returns what has arrived so far, not n bytes: loop until the end of the body or past the cap.
+    body = bytearray()
+    while chunk := await request.content.read(MAX_JSON_BODY + 1 - len(body)):
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
+    return bytes(body)
 
 
 def registry_headers(request: web.Request) -> CIMultiDict[str]:
@@ -62,6 +65,9 @@ class Handlers:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
+        if not path.startswith("/"):
+            # Absolute-form targets (http://host/...) would be glued onto the upstream origin by the forwarder.
+            raise InvalidRequest("request target must be a path starting with /")
         if path.startswith("/_gateway/"):
             return await self.gateway_route(request, path)
         segments = path.split("/")

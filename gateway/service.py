@@ -5,7 +5,6 @@ No aiohttp types here beyond the header multidict: handlers in gateway.routes tr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
@@ -19,6 +18,7 @@ from multidict import CIMultiDict
 
 from .config import Config
 from .errors import Conflict, GatewayError, InvalidRequest, PayloadTooLarge, StorageUnavailable, UpstreamUnavailable
+from .journal import JournalEntry, completion_marker_key, journal_key
 from .metrics import Metrics
 from .registry import Registry
 from .s3 import S3Client, S3ClientError, S3Error, S3UsageError
@@ -141,6 +141,7 @@ class UploadService:
             expires_at=int(self.clock().timestamp()) + self.config.uploads.token_ttl_seconds,
             caller=self.sealer.caller_tag(credential),
         )
+        await self._journal_start(grant)
         self.metrics.uploads.inc(event="started", mode=mode)
         log.info(
             "upload started",
@@ -158,6 +159,28 @@ class UploadService:
             "partSize": part_size,
             "options": {"s3compliant": "true"},
         }
+
+    async def _journal_start(self, grant: UploadGrant) -> None:
+        """Record the open upload in S3 for the sweeper; without a record nothing may be handed out."""
+        entry = JournalEntry.of(grant, started_at=int(self.clock().timestamp()))
+        try:
+            await self.s3.put_object(self.config.s3.bucket, self._journal_key(grant), entry.encode())
+        except S3Error as exc:
+            try:
+                await self.s3.abort_multipart_upload(grant.bucket, grant.key, grant.upload_id)
+            except S3Error:
+                log.warning("could not abort an unjournaled upload", extra={"event": "journal-failed"})
+            raise StorageUnavailable(f"storage failed recording the upload: {exc}; retry") from exc
+
+    def _journal_key(self, grant: UploadGrant) -> str:
+        return journal_key(self.config.uploads.staging_prefix, upload_id=grant.upload_id, expires_at=grant.expires_at)
+
+    async def _journal_end(self, grant: UploadGrant) -> None:
+        # Best effort: a leftover entry only makes the sweeper look at an upload that is already gone.
+        try:
+            await self.s3.delete_object(self.config.s3.bucket, self._journal_key(grant))
+        except S3Error as exc:
+            log.warning("journal entry not removed: %s", exc, extra={"event": "journal-leftover"})
 
     def _choose_target(self, image_id: str, upload_url: str) -> tuple[Mode, S3Location]:
         mode = self.config.uploads.mode
@@ -215,6 +238,7 @@ class UploadService:
             await self._complete_adopted(grant, request.parts)
         else:
             await self._complete_relayed(grant, request.parts, headers=headers)
+        await self._journal_end(grant)
         answer = await self.registry.complete_upload(image_id, headers=headers)
         self.metrics.uploads.inc(event="completed", mode=grant.mode)
         log.info("upload completed", extra={"event": "complete", "image_id": image_id, "mode": grant.mode})
@@ -261,8 +285,9 @@ class UploadService:
         await self._s3_call(self.s3.delete_object(grant.bucket, grant.key))
 
     def _completion_marker(self, grant: UploadGrant) -> str:
-        digest = hashlib.sha256(grant.upload_id.encode()).hexdigest()
-        return f"{self.config.uploads.staging_prefix}done/{grant.expires_at}-{digest}"
+        return completion_marker_key(
+            self.config.uploads.staging_prefix, upload_id=grant.upload_id, expires_at=grant.expires_at
+        )
 
     async def _object_has_size(self, bucket: str, key: str, size: int) -> bool:
         info = await self._s3_call(self.s3.head_object(bucket, key))
@@ -286,6 +311,7 @@ class UploadService:
                 raise StorageUnavailable(f"storage refused the abort: {exc.code}") from exc
         except S3Error as exc:
             raise StorageUnavailable(f"storage failed at abort: {exc}; retry") from exc
+        await self._journal_end(grant)
         self.metrics.uploads.inc(event="aborted", mode=grant.mode)
         log.info("upload aborted", extra={"event": "abort", "image_id": image_id, "mode": grant.mode})
         return {}

@@ -16,8 +16,8 @@ Speed (bench/presign.py): the gateway signs one URL per part, so ``presign`` has
 shape (host and at most the sha256 header signed, caller parameters that sort after ``X-Amz-*``) that writes the
 canonical query in order instead of sorting it; everything else goes through the general ``presign_canonical``.
 Both give the same bytes (tests/test_sigv4.py checks it). Also: the per-day key, scope and credential are derived
-once, the HMAC key blocks are hashed once, ``X-Amz-Date`` is remembered for the current second, encoded object
-paths are cached per (bucket, key), and strings with nothing to encode skip the encoder.
+once, the HMAC key blocks are hashed once, encoded object paths are cached per (bucket, key), and strings with
+nothing to encode skip the encoder.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -55,8 +55,7 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 MAX_EXPIRES_S = 604800  # 7 days: S3's limit for a presigned URL
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_SECOND = timedelta(seconds=1)
+_TWO_DIGITS = tuple(f"{number:02d}" for number in range(100))  # 4x faster than :02d formatting, per field
 
 # Runs of characters outside the unreserved set (plus ``/`` in paths); everything else is written as is.
 _RESERVED_RUN = re.compile(r"[^A-Za-z0-9\-_.~]+")
@@ -235,14 +234,13 @@ class _Day:
 class Signer:
     """Signs for one set of credentials, region and service; caches the signing key per date."""
 
-    __slots__ = ("_days", "_second", "_token_param", "credentials", "region", "service")
+    __slots__ = ("_days", "_token_param", "credentials", "region", "service")
 
     def __init__(self, credentials: Credentials, region: str, service: str = "s3") -> None:
         self.credentials = credentials
         self.region = region
         self.service = service
         self._days: dict[str, _Day] = {}
-        self._second: tuple[datetime, datetime, str] = (_EPOCH, _EPOCH, "")  # [start, end) -> X-Amz-Date
         token = credentials.session_token
         self._token_param = f"&X-Amz-Security-Token={uri_encode(token)}" if token else ""
 
@@ -259,16 +257,6 @@ class Signer:
                 self._days.clear()
             self._days[datestamp] = day
         return day
-
-    def _amz_date(self, now: datetime) -> str:
-        """``X-Amz-Date`` for ``now``, remembered for its second: part URLs are asked for in bursts."""
-        start, end, amz_date = self._second  # one tuple, replaced whole: safe without a lock
-        if now.utcoffset() is not None and start <= now < end:
-            return amz_date
-        amz_date = _amz_date(now)
-        start = now.astimezone(UTC).replace(microsecond=0)
-        self._second = (start, start + _ONE_SECOND, amz_date)
-        return amz_date
 
     def signing_key(self, datestamp: str) -> bytes:
         return self._day(datestamp).signing_key
@@ -301,7 +289,7 @@ class Signer:
     ) -> SignedURL:
         """The general presign: ``canonical_uri`` is already encoded; ``headers`` are signed besides ``host``."""
         _check_expires(expires_s)
-        amz_date = self._amz_date(now)
+        amz_date = _amz_date(now)
         header_block, signed_headers = canonical_headers([("host", host_header), *headers])
         params = [
             ("X-Amz-Algorithm", ALGORITHM),
@@ -398,7 +386,7 @@ class Signer:
                 )
             caller_query = "&" + "&".join([f"{name}={value}" for name, value in pairs])
         _check_expires(expires_s)
-        amz_date = self._amz_date(now)
+        amz_date = _amz_date(now)
         day = self._day(amz_date[:8])
         host_header = endpoint.host_header
         if sign_sha256_header:
@@ -463,7 +451,7 @@ class Signer:
         content_sha256_header: bool = True,
     ) -> SignedRequest:
         """``authorization_headers`` with the canonical request, string to sign and signature."""
-        amz_date = self._amz_date(now)
+        amz_date = _amz_date(now)
         added = {"x-amz-date": amz_date}
         if content_sha256_header:
             added["x-amz-content-sha256"] = payload_hash
@@ -524,4 +512,5 @@ def _amz_date(now: datetime) -> str:
     if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
     utc = now.astimezone(UTC)
-    return f"{utc.year:04d}{utc.month:02d}{utc.day:02d}T{utc.hour:02d}{utc.minute:02d}{utc.second:02d}Z"
+    two = _TWO_DIGITS
+    return f"{utc.year:04d}{two[utc.month]}{two[utc.day]}T{two[utc.hour]}{two[utc.minute]}{two[utc.second]}Z"

@@ -61,6 +61,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("request body is not valid JSON") from None
+    except RecursionError:  # "[[[[...": about a thousand brackets exceed the interpreter's recursion limit
+        raise InvalidRequest("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
     return data
