@@ -16,10 +16,11 @@ from yarl import URL
 
 from .config import Config
 from .errors import GatewayError, StorageUnavailable, UpstreamTimeout, UpstreamUnavailable
+from .logs import REQUEST_ID, request_id_from
 from .metrics import Metrics
 from .proxy import Forwarder
 from .registry import Registry
-from .routes import Handlers, route_class
+from .routes import Handlers, loggable_path, route_class
 from .s3 import S3Client, S3Settings
 from .service import UploadService
 from .sigv4 import Credentials, Signer
@@ -29,6 +30,7 @@ from .tokens import TokenSealer
 __all__ = ["CONFIG", "SERVICE", "create_app", "error_middleware", "error_response"]
 
 log = logging.getLogger("gateway.app")
+access_log = logging.getLogger("gateway.access")
 
 CONFIG = web.AppKey("config", Config)
 SERVICE = web.AppKey("service", UploadService)
@@ -41,18 +43,39 @@ def error_response(status: int, message: str) -> web.Response:
 
 
 @web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id (taken or made, passed upstream, echoed back), one JSON log line and metrics per request."""
     started = time.perf_counter()
+    request_id = request_id_from(request.headers.get("X-Request-Id"))
+    REQUEST_ID.set(request_id)
+    if request.headers.get("X-Request-Id") != request_id:
+        headers = request.headers.copy()
+        headers["X-Request-Id"] = request_id
+        request = request.clone(headers=headers)
     status = "error"
     try:
         response = await handler(request)
         status = str(response.status)
+        if not response.prepared:
+            response.headers["X-Request-Id"] = request_id
         return response
     finally:
+        elapsed = time.perf_counter() - started
         route = route_class(request.method, request.raw_path)
         metrics = request.app[METRICS]
         metrics.requests.inc(route=route, status=status)
-        metrics.latency.observe(time.perf_counter() - started, route=route)
+        metrics.latency.observe(elapsed, route=route)
+        access_log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": route,
+                "path": loggable_path(request.raw_path),
+                "status": status,
+                "ms": round(elapsed * 1000, 2),
+                "remote": request.remote,
+            },
+        )
 
 
 @web.middleware
@@ -93,7 +116,7 @@ def s3_settings(config: Config) -> S3Settings:
 def create_app(config: Config, *, clock: Callable[[], datetime] | None = None) -> web.Application:
     """The gateway app; clients are created on startup and closed on cleanup. Start-up never calls out."""
     now = clock or (lambda: datetime.now(UTC))
-    app = web.Application(middlewares=[metrics_middleware, error_middleware], handler_args={"max_field_size": 16384})
+    app = web.Application(middlewares=[observe_middleware, error_middleware], handler_args={"max_field_size": 16384})
     app[CONFIG] = config
     app[METRICS] = metrics = Metrics()
 

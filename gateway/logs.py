@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import uuid
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["REQUEST_ID", "JsonFormatter", "request_id_from", "setup_logging"]
+
+# The X-Request-Id of the request being served; every log line made while serving it carries it.
+REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
+_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def request_id_from(header: str | None) -> str:
+    """The caller's X-Request-Id when it is a sane token (it ends up in logs), else a new one."""
+    if header and _ACCEPTABLE_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
 
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -20,6 +35,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = REQUEST_ID.get()
+        if request_id:
+            entry["request_id"] = request_id
         entry.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_"))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -21,7 +21,7 @@ from .service import UploadService
 from .tokens import credential_of
 from .uploads import LegacyStartRequest, check_image_id
 
-__all__ = ["MAX_JSON_BODY", "Handlers", "data_response", "route_class"]
+__all__ = ["MAX_JSON_BODY", "Handlers", "data_response", "loggable_path", "route_class"]
 
 log = logging.getLogger("gateway.routes")
 
@@ -230,6 +230,14 @@ def route_class(method: str, raw_path: str) -> str:
     if path == DISCOVERY_PATH:
         return "discovery"
     return "proxy"
+
+
+def loggable_path(raw_path: str) -> str:
+    """The path without its query (presigned URLs and tokens never reach a log) and with upload tokens elided."""
+    path = raw_path.partition("?")[0]
+    if path.startswith("/_gateway/uploads/"):
+        return "/_gateway/uploads/…/parts"
+    return path[:512]
 
 
 def _credential(request: web.Request) -> str:

@@ -83,3 +83,29 @@ async def test_metrics_count_requests_presigns_and_uploads_in_prometheus_text(
 )
 def test_route_classes_are_a_small_fixed_set(method: str, path: str, expected: str) -> None:
     assert route_class(method, path) == expected
+
+
+async def test_request_ids_are_taken_or_made_passed_upstream_and_logged_without_secrets(
+    aiohttp_server: Any, seaweedfs: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    caplog.set_level("INFO")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(stack.gateway_url + "/version", headers={"X-Request-Id": "abc-123"}) as given:
+            assert given.status == 200
+        async with session.post(stack.gateway_url + "/v2/imagefile/1/_multipart", data=b"{") as made:
+            assert made.status == 400
+            made_id = made.headers["X-Request-Id"]
+    assert len(made_id) == 32
+    upstream_ids = [r.headers.get("X-Request-Id") for r in stack.requests_seen_by_registry]
+    assert upstream_ids == ["abc-123"]
+    access = [r for r in caplog.records if r.name == "gateway.access"]
+    assert [(r.route, r.status) for r in access] == [("proxy", "200"), ("upload-start", "400")]  # type: ignore[attr-defined]
+    assert all("Authorization" not in r.getMessage() for r in caplog.records)
+
+
+def test_upload_tokens_never_reach_a_log_line() -> None:
+    from gateway.routes import loggable_path
+
+    assert loggable_path("/_gateway/uploads/SECRET-TOKEN/parts?x=1") == "/_gateway/uploads/…/parts"
+    assert loggable_path("/v1/imagefile/a/b/c:v1?X-Amz-Signature=abc") == "/v1/imagefile/a/b/c:v1"
