@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
@@ -153,3 +155,90 @@ async def test_an_upstream_down_at_start_answers_502(seaweedfs: S3Server, sessio
     finally:
         await gateway.close()
     assert answer.status == 502 and answer.json["error"]["code"] == 502
+
+
+async def wait_healthy(url: str, session: aiohttp.ClientSession) -> None:
+    for _ in range(300):
+        try:
+            async with session.get(url + "/_gateway/healthz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("gateway process did not become healthy")
+
+
+async def serve_process(s3: S3Server, registry_url: str, port: int) -> asyncio.subprocess.Process:
+    config = stack_config(s3, registry_url=registry_url, gateway_port=port)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | {
+        "GATEWAY_SERVER_LISTEN": f"127.0.0.1:{port}",
+        "GATEWAY_SERVER_PUBLIC_URL": config.server.public_url,
+        "GATEWAY_UPSTREAM_URL": registry_url,
+        "GATEWAY_S3_INTERNAL_ENDPOINT": config.s3.internal_endpoint,
+        "GATEWAY_S3_EXTERNAL_ENDPOINT": config.s3.external_endpoint,
+        "GATEWAY_S3_ACCESS_KEY": s3.access_key,
+        "GATEWAY_S3_SECRET_KEY": s3.secret_key,
+        "GATEWAY_UPLOADS_TOKEN_SECRET": config.uploads.token_secret,
+        "GATEWAY_UPLOADS_PART_SIZE": str(config.uploads.part_size),
+    }
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "serve", env=env)
+
+
+async def test_a_gateway_process_killed_mid_push_and_restarted_lets_the_push_complete(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    _, registry_url = await start_registry(aiohttp_server, seaweedfs)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = await serve_process(seaweedfs, registry_url, port)
+    try:
+        await wait_healthy(url, session)
+        client = LibraryClient(session, url)
+        image_id, key, start = await new_upload(client)
+        part1 = FILE[: 32 * MIB]
+        presigned = await client.presign(image_id, start["uploadID"], 1, part1)
+        status, etag1 = await client.put_part(presigned.data["presignedURL"], part1)
+        assert status == 200
+        process.kill()  # SIGKILL: no graceful anything
+        await process.wait()
+        process = await serve_process(seaweedfs, registry_url, port)
+        await wait_healthy(url, session)
+        part2 = FILE[32 * MIB :]
+        presigned = await client.presign(image_id, start["uploadID"], 2, part2)
+        status, etag2 = await client.put_part(presigned.data["presignedURL"], part2)
+        assert status == 200
+        assert (await client.complete(image_id, start["uploadID"], [etag1, etag2])).status == 200
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 30)
+    assert process.returncode == 0  # SIGTERM: graceful exit
+    assert stored(seaweedfs, key) == FILE
+
+
+async def test_a_slow_registry_at_start_answers_504_within_the_configured_timeout(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(10)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow)
+    upstream = await aiohttp_server(app)
+    port = free_port()
+    config = stack_config(
+        seaweedfs,
+        registry_url=str(upstream.make_url("")).rstrip("/"),
+        gateway_port=port,
+        upstream={"read_timeout_seconds": 0.5},
+    )
+    server = TestServer(create_app(config), port=port)
+    await server.start_server()
+    try:
+        answer = await LibraryClient(session, f"http://127.0.0.1:{port}").start("1", len(FILE))
+    finally:
+        await server.close()
+    # The registry would have answered 200 after 10 s: a 504 means the configured timeout cut it short.
+    assert answer.status == 504 and answer.json["error"]["code"] == 504

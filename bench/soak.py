@@ -1,0 +1,164 @@
+"""Soak: N concurrent pushes of 80-200 MiB images through a gateway process for a bounded time, on SeaweedFS
+(on disk). Every push is verified byte for byte in S3; the gateway's RSS is sampled. Loopback only.
+
+    .venv/bin/python bench/soak.py [--concurrency 20] [--seconds 180]
+
+Prints a table: pushes, failures, corrupted objects, GiB moved, and the gateway's RSS over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.client.push import PushOptions, push  # noqa: E402
+from gateway.client.refs import parse_ref  # noqa: E402
+from tests.registry import RegistrySettings, make_registry_app  # noqa: E402
+from tests.s3_fixtures import BUCKET, serving  # noqa: E402
+from tests.s3servers import SeaweedFS  # noqa: E402
+from tests.stack import TOKEN, USER, free_port  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def wait_healthy(url: str, deadline_s: float = 30) -> None:
+    end = time.monotonic() + deadline_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < end:
+            try:
+                async with session.get(url + "/_gateway/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("gateway did not become healthy")
+
+
+async def soak(args: argparse.Namespace, s3: SeaweedFS, workdir: Path) -> None:
+    sizes = [80, 120, 160, 200]
+    images = {}
+    for size in sizes:
+        path = workdir / f"image-{size}.sif"
+        path.write_bytes(os.urandom(size * MIB))
+        images[size] = (path, hashlib.sha256(path.read_bytes()).hexdigest())
+    registry_port, gateway_port = free_port(), free_port()
+    registry_url, gateway_url = f"http://127.0.0.1:{registry_port}", f"http://127.0.0.1:{gateway_port}"
+    runner = web.AppRunner(
+        make_registry_app(
+            RegistrySettings(
+                users={TOKEN: USER},
+                domain_name=registry_url,
+                s3_endpoint=s3.endpoint,
+                s3_external_server=s3.endpoint.split("//", 1)[1],
+                access_key=s3.access_key,
+                secret_key=s3.secret_key,
+                region=s3.region,
+            )
+        ),
+        access_log=None,
+    )
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", registry_port).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | {
+        "GATEWAY_SERVER_LISTEN": f"127.0.0.1:{gateway_port}",
+        "GATEWAY_SERVER_PUBLIC_URL": gateway_url,
+        "GATEWAY_SERVER_LOG_LEVEL": "warning",
+        "GATEWAY_UPSTREAM_URL": registry_url,
+        "GATEWAY_S3_INTERNAL_ENDPOINT": s3.endpoint,
+        "GATEWAY_S3_EXTERNAL_ENDPOINT": s3.endpoint.replace("127.0.0.1", "localhost"),
+        "GATEWAY_S3_ACCESS_KEY": s3.access_key,
+        "GATEWAY_S3_SECRET_KEY": s3.secret_key,
+        "GATEWAY_UPLOADS_TOKEN_SECRET": os.urandom(24).hex(),
+        "GATEWAY_UPLOADS_PART_SIZE": str(16 * MIB),
+    }
+    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env)
+    stats = {"pushes": 0, "failed": 0, "corrupted": 0, "bytes": 0}
+    samples: list[tuple[float, float]] = []
+    started = time.monotonic()
+    deadline = started + args.seconds
+    try:
+        await wait_healthy(gateway_url)
+        samples.append((0.0, rss_mib(gateway.pid)))
+        checker = s3.botocore_client()
+
+        def fetch(key: str) -> bytes:
+            return bytes(checker.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+        async def worker(n: int) -> None:
+            while time.monotonic() < deadline:
+                size = random.choice(sizes)
+                path, sha = images[size]
+                ref = f"library://{USER}/soak{n}x{stats['pushes']}x{random.getrandbits(32):08x}/img:v1"
+                try:
+                    await push(
+                        PushOptions(
+                            path, parse_ref(ref), gateway_url, TOKEN, jobs=2, progress=None, state_dir=workdir / "state"
+                        )
+                    )
+                except Exception as exc:  # noqa: BLE001 - a soak counts every kind of failure
+                    stats["failed"] += 1
+                    print(f"push failed: {exc!r}", file=sys.stderr)
+                    continue
+                stats["pushes"] += 1
+                stats["bytes"] += size * MIB
+                collection = parse_ref(ref).collection
+                key = f"{collection}/img:sha256.{sha}"
+                body = await asyncio.to_thread(fetch, key)
+                if hashlib.sha256(body).hexdigest() != sha:
+                    stats["corrupted"] += 1
+
+        async def sampler() -> None:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(15)
+                samples.append((time.monotonic() - started, rss_mib(gateway.pid)))
+
+        await asyncio.gather(sampler(), *(worker(n) for n in range(args.concurrency)))
+        checker.close()
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
+        await runner.cleanup()
+    elapsed = time.monotonic() - started
+    print(f"\nsoak: {args.concurrency} concurrent pushes of 80-200 MiB, {elapsed:.0f} s, SeaweedFS on disk, loopback")
+    print("| pushes | failed | corrupted | GiB pushed | MiB/s | gateway RSS start → end (max) |")
+    print("|---|---|---|---|---|---|")
+    rss = [value for _, value in samples]
+    print(
+        f"| {stats['pushes']} | {stats['failed']} | {stats['corrupted']} | {stats['bytes'] / 1024**3:.1f} "
+        f"| {stats['bytes'] / MIB / elapsed:.0f} | {rss[0]:.0f} → {rss[-1]:.0f} ({max(rss):.0f}) MiB |"
+    )
+    print("RSS samples (s, MiB):", ", ".join(f"({t:.0f}, {v:.0f})" for t, v in samples))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--seconds", type=int, default=180)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp, serving(SeaweedFS()) as s3:
+        asyncio.run(soak(args, s3, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
