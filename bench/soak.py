@@ -109,7 +109,9 @@ async def soak(args: argparse.Namespace, s3: SeaweedFS, workdir: Path) -> None:
             while time.monotonic() < deadline:
                 size = random.choice(sizes)
                 path, sha = images[size]
-                ref = f"library://{USER}/soak{n}x{stats['pushes']}x{random.getrandbits(32):08x}/img:v1"
+                # Unique container names: a tag POST deletes same name+tag images in every collection (sregistry).
+                unique = f"{n}x{random.getrandbits(48):012x}"
+                ref = f"library://{USER}/soak{unique}/img{unique}:v1"
                 try:
                     await push(
                         PushOptions(
@@ -123,7 +125,7 @@ async def soak(args: argparse.Namespace, s3: SeaweedFS, workdir: Path) -> None:
                 stats["pushes"] += 1
                 stats["bytes"] += size * MIB
                 collection = parse_ref(ref).collection
-                key = f"{collection}/img:sha256.{sha}"
+                key = f"{collection}/img{unique}:sha256.{sha}"
                 body = await asyncio.to_thread(fetch, key)
                 if hashlib.sha256(body).hexdigest() != sha:
                     stats["corrupted"] += 1
