@@ -1,7 +1,8 @@
-"""A 1 GiB push through the gateway with Apptainer's real library client, against a direct single PUT of the
-same file to the same S3 (SeaweedFS on disk), in the same run. Prints seconds, MiB/s and the ratio.
+"""Pushes through the gateway, in one run, against a direct single PUT of the same file to the same S3
+(SeaweedFS on disk): Apptainer's real library client (parts one at a time) and this project's client with
+1, 2 and 4 parallel jobs. Prints seconds, MiB/s and the ratio to the direct PUT.
 
-    .venv/bin/python bench/push_1gib.py [--size-mib 1024] [--runs 2]
+    .venv/bin/python bench/push.py [--sizes-mib 1024,4096] [--jobs 1,2,4]
 
 Needs what `bash scripts/test` installs (Go and the library client's sources, SeaweedFS).
 """
@@ -24,6 +25,8 @@ from aiohttp.test_utils import TestServer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.app import create_app  # noqa: E402
+from gateway.client.push import PushOptions, push  # noqa: E402
+from gateway.client.refs import parse_ref  # noqa: E402
 from gateway.sigv4 import Credentials, Endpoint, Signer  # noqa: E402
 from tests.realclient import RealClient, build_realclient  # noqa: E402
 from tests.registry import RegistrySettings, make_registry_app  # noqa: E402
@@ -71,13 +74,11 @@ async def direct_put(s3: SeaweedFS, path: Path, key: str) -> float:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--sizes-mib", default="1024,4096", help="comma-separated image sizes")
+    parser.add_argument("--jobs", default="1,2,4", help="comma-separated job counts for our client")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, serving(SeaweedFS()) as s3:
         folder = Path(tmp)
-        image = folder / "image.sif"
-        make_file(image, args.size_mib * MIB)
         client = RealClient(build_realclient(folder / "build"))
         registry_port, gateway_port = free_port(), free_port()
         registry_url = f"http://127.0.0.1:{registry_port}"
@@ -100,28 +101,49 @@ async def main() -> None:
         await registry.start_server()
         await gateway.start_server()
         try:
-            print(f"file: {args.size_mib} MiB; S3: SeaweedFS {s3.endpoint} (on disk); gateway part size 64 MiB")
-            for run in range(1, args.runs + 1):
-                direct = await direct_put(s3, image, f"bench/direct-{run}")
+            gateway_url = f"http://127.0.0.1:{gateway_port}"
+            print("S3: SeaweedFS (on disk), loopback; gateway part size 64 MiB; MiB/s of the image size")
+            print("| image | method | seconds | MiB/s | × direct PUT |")
+            print("|---|---|---|---|---|")
+            for size_mib in [int(v) for v in args.sizes_mib.split(",")]:
+                image = folder / f"image-{size_mib}.sif"
+                make_file(image, size_mib * MIB)
+                direct = await direct_put(s3, image, f"bench/direct-{size_mib}")
+                rows = [("direct single PUT to S3", direct)]
                 started = time.perf_counter()
                 pushed = await client.push(
-                    f"http://127.0.0.1:{gateway_port}",
+                    gateway_url,
                     TOKEN,
                     image,
-                    f"{USER}/bench{run}x{gateway_port}/img:v1",
-                    timeout=1800,
+                    f"{USER}/bench{size_mib}x{gateway_port}/apptainer{size_mib}:v1",
+                    timeout=3600,
                 )
-                through = time.perf_counter() - started
                 assert pushed.ok, pushed.error
-                mib = args.size_mib
-                print(
-                    f"run {run}: direct single PUT {direct:6.2f} s ({mib / direct:6.1f} MiB/s) | "
-                    f"apptainer client via gateway {through:6.2f} s ({mib / through:6.1f} MiB/s) | "
-                    f"ratio {through / direct:4.2f}x"
-                )
+                rows.append(("Apptainer library client via gateway", time.perf_counter() - started))
+                for jobs in [int(v) for v in args.jobs.split(",")]:
+                    started = time.perf_counter()
+                    ref = f"library://{USER}/bench{size_mib}j{jobs}x{gateway_port}/ours{size_mib}j{jobs}:v1"
+                    await push(
+                        PushOptions(
+                            image,
+                            parse_ref(ref),
+                            gateway_url,
+                            TOKEN,
+                            jobs=jobs,
+                            progress=None,
+                            state_dir=folder / "state",
+                        )
+                    )
+                    rows.append((f"signing-gateway push --jobs {jobs}", time.perf_counter() - started))
+                for name, seconds in rows:
+                    print(
+                        f"| {size_mib} MiB | {name} | {seconds:.2f} | {size_mib / seconds:.1f} "
+                        f"| {seconds / direct:.2f} |"
+                    )
+                image.unlink()
             print(
-                "note: the Apptainer client reads the whole file once for md5+sha256 before uploading and hashes "
-                "each part again before its PUT; parts go one at a time"
+                "\nnote: both clients read the whole file once for its sha256 before uploading; Apptainer's also "
+                "hashes each part again right before its PUT and sends parts one at a time"
             )
         finally:
             await gateway.close()
