@@ -1,7 +1,7 @@
-"""Command line: ``signing-gateway serve | check-config | sweep | presign | push | pull | --version``.
+"""Command line: ``signing-gateway serve | check-config | doctor | sweep | presign | push | pull | --version``.
 
-Exit codes: 0 success, 1 a command failed (sweep: S3 errors), 2 bad configuration or usage (one line on stderr
-naming the key).
+Exit codes: 0 success, 1 a command failed (sweep: S3 errors; doctor: a check failed), 2 bad configuration or
+usage (one line on stderr naming the key).
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config(commands.add_parser("serve", help="run the gateway"))
     with_config(commands.add_parser("check-config", help="print the effective configuration, secrets masked"))
+    with_config(
+        commands.add_parser("doctor", help="check step by step that the configuration works against the real services")
+    )
     sweep = with_config(
         commands.add_parser("sweep", help="abort abandoned uploads and remove their leftovers, once (cron-safe)")
     )
@@ -82,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _presign(config, args)
     if args.command == "sweep":
         return asyncio.run(_sweep(config, args))
+    if args.command == "doctor":
+        from .doctor import run_doctor
+
+        return asyncio.run(run_doctor(config))
     from .server import serve  # aiohttp is imported only when serving
 
     serve(config)
