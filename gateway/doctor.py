@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from xml.etree import ElementTree
 
 import aiohttp
 import yarl
@@ -36,7 +35,7 @@ from multidict import CIMultiDictProxy
 
 from .app import s3_settings
 from .config import Config
-from .s3 import MALFORMED_ANSWER, S3Client, S3ConnectionError, S3Error, S3ResponseError
+from .s3 import MALFORMED_ANSWER, S3Client, S3ConnectionError, S3Error, S3ResponseError, error_fields
 from .sigv4 import Credentials, Endpoint, Signer, sha256_hex
 
 __all__ = ["CLOCK_FAIL_S", "CLOCK_WARN_S", "Finding", "Status", "run_doctor"]
@@ -85,10 +84,7 @@ class _Answer:
     @property
     def error(self) -> dict[str, str]:
         """The fields of an S3 ``<Error>`` document; empty when the body is not one."""
-        root = _xml_root(self.body)
-        if root is None or _local(root.tag) != "Error":
-            return {}
-        return {_local(child.tag): (child.text or "").strip() for child in root}
+        return error_fields(self.body)
 
     @property
     def code(self) -> str:
@@ -649,19 +645,6 @@ def _duration(seconds: float) -> str:
     if not minutes:
         return f"{rest} s"
     return f"{minutes} min {rest} s" if rest else f"{minutes} min"
-
-
-def _xml_root(body: bytes) -> ElementTree.Element | None:
-    if not body.strip():
-        return None
-    try:
-        return ElementTree.fromstring(body)
-    except ElementTree.ParseError:
-        return None
-
-
-def _local(tag: str) -> str:
-    return tag.rpartition("}")[2]
 
 
 def _describe(exc: BaseException) -> str:

@@ -63,6 +63,7 @@ from gateway.sigv4 import (
 )
 
 __all__ = [
+    "error_fields",
     "MALFORMED_ANSWER",
     "MAX_PARTS",
     "BodyLengthMismatch",
@@ -896,7 +897,7 @@ async def _response_error(request: _Request, response: aiohttp.ClientResponse) -
             body = await _read_capped(request, response, ERROR_BODY_CAP)
         except S3ResponseError:
             body = b""  # an oversized error page: the status alone must do
-    error = _error_fields(body)
+    error = error_fields(body)
     code = error.get("Code") or (response.reason or f"HTTP{response.status}").replace(" ", "")
     return _error_for(
         request,
@@ -921,7 +922,7 @@ def _error_for(
     return cls(request.operation, status=status, code=code, message=message, request_id=request_id, resource=resource)
 
 
-def _error_fields(body: bytes) -> dict[str, str]:
+def error_fields(body: bytes) -> dict[str, str]:
     """Code, Message, RequestId, Resource of an <Error> document; empty if the body is not one."""
     root = _xml_root(body)
     if root is None or _local(root.tag) != "Error":
