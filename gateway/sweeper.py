@@ -45,6 +45,10 @@ async def sweep(
         try:
             async with s3.get_object(bucket, summary.key) as stream:
                 entry = JournalEntry.decode(await stream.read())
+        except S3ClientError as exc:
+            if exc.status != 404:  # 404: another sweeper (or the upload's complete) removed it meanwhile
+                report.errors.append(f"{summary.key}: unreadable journal entry: {exc}")
+            continue
         except (S3Error, ValueError, KeyError, TypeError) as exc:
             report.errors.append(f"{summary.key}: unreadable journal entry: {exc}")
             continue
@@ -94,8 +98,11 @@ async def _sweep_orphaned_staging(
         try:
             async with s3.get_object(bucket, summary.key) as stream:
                 live.add(JournalEntry.decode(await stream.read()).key)
+        except S3ClientError as exc:
+            if exc.status != 404:
+                return  # cannot tell live from orphaned: leave everything for the next sweep
         except (S3Error, ValueError, KeyError, TypeError):
-            return  # cannot tell live from orphaned: leave everything for the next sweep
+            return
     for summary in staged:
         modified = summary.last_modified.timestamp() if summary.last_modified else now
         if summary.key not in live and modified <= now - grace_s:

@@ -144,9 +144,7 @@ class Daemon:
 
     def raise_if_exited(self) -> None:
         if self._process is not None and self._process.poll() is not None:
-            raise ServerStartError(
-                f"{self.name} exited with status {self._process.returncode}\n{self.log_tail()}"
-            )
+            raise ServerStartError(f"{self.name} exited with status {self._process.returncode}\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM the group, wait, then SIGKILL it. Returns the exit status (None if never started)."""
@@ -199,9 +197,7 @@ def run_command(argv: Sequence[str], *, deadline: float, what: str) -> str:
     return completed.stdout.decode(errors="replace")
 
 
-def wait_until(
-    ready: Callable[[], bool], *, deadline: float, what: str, watched: Sequence[Daemon]
-) -> None:
+def wait_until(ready: Callable[[], bool], *, deadline: float, what: str, watched: Sequence[Daemon]) -> None:
     """Poll `ready` until it holds; fail fast when a watched daemon exits, fail at the deadline otherwise."""
     while True:
         for daemon in watched:
@@ -215,8 +211,12 @@ def wait_until(
 
 
 def wait_until_port_closed(port: int, *, what: str) -> None:
-    wait_until(lambda: not port_accepts_connections(port), deadline=time.monotonic() + STOP_TIMEOUT_S,
-               what=f"{what} port {port} closed", watched=[])
+    wait_until(
+        lambda: not port_accepts_connections(port),
+        deadline=time.monotonic() + STOP_TIMEOUT_S,
+        what=f"{what} port {port} closed",
+        watched=[],
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -310,6 +310,14 @@ class S3Server(ABC):
             config=botocore_config(),
         )
 
+    def read_object(self, key: str, bucket: str = "sregistry") -> bytes:
+        """An object's bytes, read with botocore (independent of the code under test)."""
+        client = self.botocore_client()
+        try:
+            return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        finally:
+            client.close()
+
     def create_bucket(self, name: str) -> None:
         """Create the bucket; a bucket that already exists (and is ours) is fine."""
         client = self.botocore_client()
@@ -376,13 +384,22 @@ class RadosGW(S3Server):
         self.start_rgw(deadline=deadline)
         run_command(
             self._ceph_argv(
-                "radosgw-admin", "-n", "client.rgw", "user", "create", "--uid=gw", "--display-name=gw",
-                f"--access-key={self.access_key}", f"--secret={self.secret_key}",
+                "radosgw-admin",
+                "-n",
+                "client.rgw",
+                "user",
+                "create",
+                "--uid=gw",
+                "--display-name=gw",
+                f"--access-key={self.access_key}",
+                f"--secret={self.secret_key}",
             ),
-            deadline=deadline, what="radosgw-admin user create",
+            deadline=deadline,
+            what="radosgw-admin user create",
         )
-        wait_until(self._signed_request_succeeds, deadline=deadline, what="radosgw signed ListBuckets",
-                   watched=self._daemons())
+        wait_until(
+            self._signed_request_succeeds, deadline=deadline, what="radosgw signed ListBuckets", watched=self._daemons()
+        )
 
     def _ceph_conf(self, fsid: str) -> str:
         data = self.workdir
@@ -436,10 +453,16 @@ ms mon client mode = crc
     def _start_mon(self, fsid: str, *, deadline: float) -> None:
         assert self.workdir is not None
         keyring, monmap = str(self.workdir / "keyring"), str(self.workdir / "monmap")
-        run_command(["ceph-authtool", "--create-keyring", keyring, "--gen-key", "-n", "mon.",
-                     "--cap", "mon", "allow *"], deadline=deadline, what="ceph-authtool")
-        run_command(["monmaptool", "--create", "--addv", "a", f"[v2:{LOOPBACK}:{self.mon_port}]",
-                     "--fsid", fsid, monmap], deadline=deadline, what="monmaptool")
+        run_command(
+            ["ceph-authtool", "--create-keyring", keyring, "--gen-key", "-n", "mon.", "--cap", "mon", "allow *"],
+            deadline=deadline,
+            what="ceph-authtool",
+        )
+        run_command(
+            ["monmaptool", "--create", "--addv", "a", f"[v2:{LOOPBACK}:{self.mon_port}]", "--fsid", fsid, monmap],
+            deadline=deadline,
+            what="monmaptool",
+        )
         mkfs = self._ceph_argv("ceph-mon", "--mkfs", "-i", "a", "--monmap", monmap, "--keyring", keyring)
         run_command(mkfs, deadline=deadline, what="ceph-mon --mkfs")
         self._mon = self._daemon("mon.a", "ceph-mon", "-i", "a", "-f")
@@ -449,11 +472,15 @@ ms mon client mode = crc
         assert self.workdir is not None
         osd_id = run_command(
             self._ceph_argv("ceph", "--connect-timeout", "30", "osd", "new", osd_uuid),
-            deadline=deadline, what="ceph osd new",
+            deadline=deadline,
+            what="ceph osd new",
         ).strip()
         (self.workdir / f"osd.{osd_id}").mkdir()
-        run_command(self._ceph_argv("ceph-osd", "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid),
-                    deadline=deadline, what="ceph-osd --mkfs")
+        run_command(
+            self._ceph_argv("ceph-osd", "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid),
+            deadline=deadline,
+            what="ceph-osd --mkfs",
+        )
         self._osd = self._daemon(f"osd.{osd_id}", "ceph-osd", "-i", osd_id, "-f")
         self._osd.start()
 
@@ -468,8 +495,12 @@ ms mon client mode = crc
             deadline = time.monotonic() + READY_TIMEOUT_S
         self._rgw = self._daemon("client.rgw", "radosgw", "-n", "client.rgw", "-f")
         self._rgw.start()
-        wait_until(lambda: http_get_status(self.port) == 200, deadline=deadline,
-                   what="radosgw answering GET / with 200", watched=self._daemons())
+        wait_until(
+            lambda: http_get_status(self.port) == 200,
+            deadline=deadline,
+            what="radosgw answering GET / with 200",
+            watched=self._daemons(),
+        )
 
     def stop_rgw(self) -> None:
         """Stop only the radosgw process (mon and OSD keep the data) and wait until its port is closed."""
@@ -516,10 +547,14 @@ class SeaweedFS(S3Server):
     # port offsets from the S3 port; `weed mini` otherwise falls back to fixed defaults (9333, 8888, ...)
     MASTER, VOLUME, FILER, ADMIN = 10, 11, 12, 13
     MASTER_GRPC, VOLUME_GRPC, FILER_GRPC, S3_GRPC, ADMIN_GRPC = 20, 21, 22, 23, 24
-    PORT_OFFSETS = (0, MASTER, VOLUME, FILER, ADMIN,
-                    MASTER_GRPC, VOLUME_GRPC, FILER_GRPC, S3_GRPC, ADMIN_GRPC)
-    GRPC_SOCKETS = (("master", MASTER_GRPC), ("volume", VOLUME_GRPC), ("filer", FILER_GRPC), ("s3", S3_GRPC),
-                    ("admin", ADMIN_GRPC))
+    PORT_OFFSETS = (0, MASTER, VOLUME, FILER, ADMIN, MASTER_GRPC, VOLUME_GRPC, FILER_GRPC, S3_GRPC, ADMIN_GRPC)
+    GRPC_SOCKETS = (
+        ("master", MASTER_GRPC),
+        ("volume", VOLUME_GRPC),
+        ("filer", FILER_GRPC),
+        ("s3", S3_GRPC),
+        ("admin", ADMIN_GRPC),
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -543,17 +578,31 @@ class SeaweedFS(S3Server):
         assert self.workdir is not None
         p, d = self.port, self.workdir
         return [
-            find_weed(), f"-logdir={d / 'log'}", "mini", f"-dir={d / 'data'}",
-            f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-s3.port={p}", f"-s3.config={d / 's3.json'}",
-            "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-master.port={p + self.MASTER}", f"-volume.port={p + self.VOLUME}",
-            f"-filer.port={p + self.FILER}", f"-admin.port={p + self.ADMIN}",
-            f"-master.port.grpc={p + self.MASTER_GRPC}", f"-volume.port.grpc={p + self.VOLUME_GRPC}",
-            f"-filer.port.grpc={p + self.FILER_GRPC}", f"-s3.port.grpc={p + self.S3_GRPC}",
+            find_weed(),
+            f"-logdir={d / 'log'}",
+            "mini",
+            f"-dir={d / 'data'}",
+            f"-ip={LOOPBACK}",
+            f"-ip.bind={LOOPBACK}",
+            f"-s3.port={p}",
+            f"-s3.config={d / 's3.json'}",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-master.port={p + self.MASTER}",
+            f"-volume.port={p + self.VOLUME}",
+            f"-filer.port={p + self.FILER}",
+            f"-admin.port={p + self.ADMIN}",
+            f"-master.port.grpc={p + self.MASTER_GRPC}",
+            f"-volume.port.grpc={p + self.VOLUME_GRPC}",
+            f"-filer.port.grpc={p + self.FILER_GRPC}",
+            f"-s3.port.grpc={p + self.S3_GRPC}",
             f"-admin.port.grpc={p + self.ADMIN_GRPC}",
             # unix sockets default to /tmp/seaweedfs-*-<port>.sock and would outlive the temp dir
-            f"-filer.localSocket={d / 'filer.sock'}", f"-s3.localSocket={d / 's3.sock'}",
+            f"-filer.localSocket={d / 'filer.sock'}",
+            f"-s3.localSocket={d / 's3.sock'}",
         ]
 
     def start_weed(self, *, deadline: float | None = None) -> None:
@@ -571,10 +620,15 @@ class SeaweedFS(S3Server):
         )
         self._weed.start()
         watched = [self._weed]
-        wait_until(lambda: port_accepts_connections(self.port), deadline=deadline,
-                   what="SeaweedFS S3 port open", watched=watched)
-        wait_until(self._signed_request_succeeds, deadline=deadline,
-                   what="SeaweedFS signed ListBuckets", watched=watched)
+        wait_until(
+            lambda: port_accepts_connections(self.port),
+            deadline=deadline,
+            what="SeaweedFS S3 port open",
+            watched=watched,
+        )
+        wait_until(
+            self._signed_request_succeeds, deadline=deadline, what="SeaweedFS signed ListBuckets", watched=watched
+        )
 
     def stop_weed(self) -> None:
         """Stop the whole weed process (the data stays on disk) and wait until the S3 port is closed."""

@@ -28,14 +28,6 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def stored(s3: S3Server, key: str) -> bytes:
-    client = s3.botocore_client()
-    try:
-        return bytes(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-    finally:
-        client.close()
-
-
 def options(stack: Stack, image: Path, ref: str, tmp_path: Path, **changes: Any) -> PushOptions:
     values: dict[str, Any] = dict(
         file=image,
@@ -63,7 +55,7 @@ async def test_parallel_push_then_parallel_pull_round_trips_the_image(
     result = await push(options(stack, image, ref, tmp_path))
     assert result.parts_uploaded == 8
     sha = hashlib.sha256(image.read_bytes()).hexdigest()
-    assert stored(s3_server, f"{collection}/{container}:sha256.{sha}") == image.read_bytes()
+    assert s3_server.read_object(f"{collection}/{container}:sha256.{sha}") == image.read_bytes()
     out = tmp_path / "pulled.sif"
     await pull(PullOptions(parse_ref(f"library://{ref}"), out, stack.gateway_url, TOKEN, jobs=4, progress=None))
     assert out.read_bytes() == image.read_bytes()
@@ -89,7 +81,7 @@ async def test_an_interrupted_push_resumes_from_the_parts_already_in_s3(
     assert resumed.resumed and resumed.parts_reused >= 3
     assert resumed.parts_uploaded + resumed.parts_reused == 8
     sha = hashlib.sha256(image.read_bytes()).hexdigest()
-    assert stored(seaweedfs, f"{collection}/{container}:sha256.{sha}") == image.read_bytes()
+    assert seaweedfs.read_object(f"{collection}/{container}:sha256.{sha}") == image.read_bytes()
 
 
 async def test_a_part_failing_while_s3_is_down_is_retried_and_the_push_completes(
@@ -118,7 +110,7 @@ async def test_a_part_failing_while_s3_is_down_is_retried_and_the_push_completes
     await restarted[0]
     assert result.parts_uploaded == 8
     sha = hashlib.sha256(image.read_bytes()).hexdigest()
-    assert stored(radosgw, f"{collection}/{container}:sha256.{sha}") == image.read_bytes()
+    assert radosgw.read_object(f"{collection}/{container}:sha256.{sha}") == image.read_bytes()
 
 
 async def test_a_corrupted_download_is_detected_and_the_partial_file_removed(

@@ -126,14 +126,6 @@ def traced_requests(stderr: str) -> list[Traced]:
     ]
 
 
-def stored_object(s3: S3Server, key: str) -> bytes:
-    client = s3.botocore_client()
-    try:
-        return bytes(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-    finally:
-        client.close()
-
-
 async def requests_served(session: aiohttp.ClientSession, replica_url: str) -> Counter[str]:
     """Requests one replica answered, by route class, from its own Prometheus metrics (its metrics excluded)."""
     async with session.get(f"{replica_url}/_gateway/metrics") as response:
@@ -170,7 +162,7 @@ async def test_real_client_pushes_and_pulls_through_nginx_and_two_gateway_replic
     data = image.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     assert hashlib.sha256(out.read_bytes()).hexdigest() == sha
-    assert stored_object(deployment.s3, f"{collection}/{container}:sha256.{sha}") == data
+    assert deployment.s3.read_object(f"{collection}/{container}:sha256.{sha}") == data
 
     # The client spoke only to nginx: library calls to the registry server, object bytes to the MinIO server.
     traced = traced_requests(pushed.stderr + pulled.stderr)

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from tests.realclient import RealClient
-from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
 from tests.stack import MIB, TOKEN, USER, Stack, start_stack, unique_ref
 
@@ -38,12 +37,7 @@ def stored_bytes(stack: Stack, collection: str, container: str, sha: str) -> byt
     if stack.flavour == "selfhosted":
         (image,) = [i for i in stack.registry_state.images.values() if i.version == f"sha256.{sha}" and i.file_path]
         return image.file_path.read_bytes()  # type: ignore[no-any-return]
-    client = stack.s3.botocore_client()
-    try:
-        key = f"{collection}/{container}:sha256.{sha}"
-        return bytes(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-    finally:
-        client.close()
+    return stack.s3.read_object(f"{collection}/{container}:sha256.{sha}")
 
 
 async def push_and_pull(stack: Stack, realclient: RealClient, image: Path, tmp_path: Path) -> None:

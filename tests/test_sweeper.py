@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -26,12 +25,6 @@ from tests.stack import MIB, TOKEN, Stack, start_stack, unique_ref
 
 DATA = os.urandom(6 * MIB)
 SIX_MIB_PARTS = {"part_size": 6 * MIB}
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def journal_keys(s3: S3Server) -> list[str]:

@@ -6,17 +6,14 @@ import asyncio
 import hashlib
 import os
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from tests.libclient import LibraryClient
-from tests.s3_fixtures import BUCKET
 from tests.s3servers import RadosGW, S3Server
 from tests.stack import MIB, free_port, stack_config, start_registry, unique_ref
 
@@ -24,25 +21,11 @@ FILE = os.urandom(40 * MIB + 777)  # two parts of 32 MiB, the last one short
 FILE_SHA = hashlib.sha256(FILE).hexdigest()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def start_gateway(s3: S3Server, registry_url: str, port: int | None = None) -> tuple[TestServer, str]:
     port = port or free_port()
     server = TestServer(create_app(stack_config(s3, registry_url=registry_url, gateway_port=port)), port=port)
     await server.start_server()
     return server, f"http://127.0.0.1:{port}"
-
-
-def stored(s3: S3Server, key: str) -> bytes:
-    client = s3.botocore_client()
-    try:
-        return bytes(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-    finally:
-        client.close()
 
 
 async def new_upload(client: LibraryClient) -> tuple[str, str, Any]:
@@ -76,7 +59,7 @@ async def test_a_gateway_restart_between_parts_loses_nothing(
         assert (await client.complete(image_id, start["uploadID"], [etag1, etag2])).status == 200
     finally:
         await second.close()
-    assert stored(seaweedfs, key) == FILE
+    assert seaweedfs.read_object(key) == FILE
 
 
 async def test_two_replicas_with_the_same_secret_serve_alternate_steps(
@@ -101,7 +84,7 @@ async def test_two_replicas_with_the_same_secret_serve_alternate_steps(
     finally:
         await one.close()
         await two.close()
-    assert stored(seaweedfs, key) == FILE
+    assert seaweedfs.read_object(key) == FILE
 
 
 async def test_s3_down_at_complete_answers_503_and_a_retry_after_it_is_back_succeeds(
@@ -126,7 +109,7 @@ async def test_s3_down_at_complete_answers_503_and_a_retry_after_it_is_back_succ
         assert again.status == 200, again.body
     finally:
         await gateway.close()
-    assert stored(radosgw, key) == FILE
+    assert radosgw.read_object(key) == FILE
 
 
 async def test_two_racing_completes_leave_one_correct_object(
@@ -145,7 +128,7 @@ async def test_two_racing_completes_leave_one_correct_object(
         await gateway.close()
     statuses = sorted([first.status, second.status])
     assert statuses in ([200, 200], [200, 409], [200, 503]), (first.body, second.body)
-    assert stored(s3_server, key) == FILE
+    assert s3_server.read_object(key) == FILE
 
 
 async def test_an_upstream_down_at_start_answers_502(seaweedfs: S3Server, session: aiohttp.ClientSession) -> None:
@@ -214,7 +197,7 @@ async def test_a_gateway_process_killed_mid_push_and_restarted_lets_the_push_com
             process.terminate()
             await asyncio.wait_for(process.wait(), 30)
     assert process.returncode == 0  # SIGTERM: graceful exit
-    assert stored(seaweedfs, key) == FILE
+    assert seaweedfs.read_object(key) == FILE
 
 
 async def test_a_slow_registry_at_start_answers_504_within_the_configured_timeout(

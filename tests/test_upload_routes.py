@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,23 +20,9 @@ FILE = os.urandom(70 * MIB + 12345)  # three parts of 32 MiB, the last one short
 FILE_SHA = hashlib.sha256(FILE).hexdigest()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def new_image(client: LibraryClient, sha: str = FILE_SHA) -> tuple[str, str]:
     entity, collection, container = unique_ref()
     return await client.create_image(entity, collection, container, sha), f"{collection}/{container}:sha256.{sha}"
-
-
-def read_object(s3: S3Server, key: str, bucket: str = BUCKET) -> bytes:
-    client = s3.botocore_client()
-    try:
-        return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-    finally:
-        client.close()
 
 
 async def push(client: LibraryClient, image_id: str, data: bytes = FILE) -> tuple[Any, Any]:
@@ -57,7 +42,7 @@ async def test_multipart_push_lands_on_the_registrys_own_key_with_no_copy(
     start, done = await push(client, image_id)
     assert (start["totalParts"], start["partSize"], start["options"]) == (3, 32 * MIB, {"s3compliant": "true"})
     assert done.status == 200 and done.json == {}
-    assert read_object(s3_server, key) == FILE
+    assert s3_server.read_object(key) == FILE
     seen = [(r.method, r.path) for r in stack.requests_seen_by_registry]
     assert ("POST", f"/v2/imagefile/{image_id}") in seen  # the registry was asked who may push
     assert ("PUT", f"/v2/imagefile/{image_id}/_complete") in seen
@@ -96,7 +81,7 @@ async def test_a_retried_complete_after_success_answers_success(
     first = await client.complete(image_id, start["uploadID"], etags)
     again = await client.complete(image_id, start["uploadID"], etags)
     assert (first.status, again.status) == (200, 200), again.body
-    assert read_object(seaweedfs, key) == FILE
+    assert seaweedfs.read_object(key) == FILE
 
 
 async def test_part_urls_are_signed_for_the_external_host_with_the_sha256_bound(
@@ -196,7 +181,7 @@ async def test_wrong_etags_and_missing_parts_at_complete_are_4xx_and_a_fix_still
     assert missing.status == 400
     unquoted = [etag.strip('"') for etag in etags]
     assert (await client.complete(image_id, start["uploadID"], unquoted)).status == 200
-    assert read_object(s3_server, key) == FILE
+    assert s3_server.read_object(key) == FILE
 
 
 async def test_abort_removes_the_upload_in_s3_and_a_second_abort_is_fine(
@@ -272,7 +257,7 @@ async def test_legacy_upload_url_is_resigned_with_the_whole_file_sha256_bound(
     assert (await client.put_part(url, b"Y" + data[1:], sha256_hex=sha))[0] == 400  # S3 verified the file
     assert (await client.put_part(url, data))[0] == 200
     assert (await client.call("PUT", f"/v2/imagefile/{image_id}/_complete", {})).status == 200
-    assert read_object(radosgw, key) == data
+    assert radosgw.read_object(key) == data
 
 
 async def test_legacy_upload_above_5_gib_is_413_telling_to_enable_multipart(
