@@ -51,7 +51,10 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     if request.headers.get("X-Request-Id") != request_id:
         headers = request.headers.copy()
         headers["X-Request-Id"] = request_id
-        request = request.clone(headers=headers)
+        # clone() re-encodes every header as strict UTF-8: one obs-text byte (legal in a field value) would make
+        # it raise, outside error_middleware. Such a request goes on without the id upstream.
+        with contextlib.suppress(UnicodeEncodeError):
+            request = request.clone(headers=headers)
     status = "error"
     try:
         response = await handler(request)
@@ -88,14 +91,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         elif isinstance(exc, StorageUnavailable):
             request.app[METRICS].s3_errors.inc(kind=type(exc).__name__)
         if exc.status >= 500:
-            log.warning("%s %s failed: %s", request.method, request.path, exc.message)
+            log.warning("%s %s failed: %s", request.method, loggable_path(request.raw_path), exc.message)
         return error_response(exc.status, exc.message)
     except web.HTTPException as exc:  # aiohttp's own 404/405/413... in the library's error shape
         if exc.status < 400:
             raise
         return error_response(exc.status, exc.reason)
     except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception("unexpected error on %s %s", request.method, loggable_path(request.raw_path))
         return error_response(500, "internal gateway error")
 
 
@@ -140,12 +143,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] | None = None) -
                 clock=now,
                 metrics=metrics,
             )
-            forwarder = Forwarder(
-                upstream_session,
-                upstream,
-                read_timeout_s=config.upstream.read_timeout_seconds,
-                rewrite_location=service.rewrite_location,
-            )
+            forwarder = Forwarder.from_config(config, rewrite_location=service.rewrite_location)
             app[SERVICE] = service
             app[HANDLERS] = Handlers(service, forwarder)
             sweeping = None
@@ -166,6 +164,8 @@ def create_app(config: Config, *, clock: Callable[[], datetime] | None = None) -
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeping
         finally:
+            if HANDLERS in app:
+                await app[HANDLERS].forwarder.close()
             await s3.close()
             await upstream_session.close()
 

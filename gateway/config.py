@@ -50,6 +50,8 @@ class ServerConfig:
     log_level: str = "info"
     shutdown_grace_seconds: float = 30.0
     trusted_proxies: list[str] = field(default_factory=list)
+    workers: int = 1
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     @property
     def host(self) -> str:
@@ -65,7 +67,10 @@ class UpstreamConfig:
     url: str = "http://127.0.0.1:8000"
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 300.0
+    first_byte_timeout_seconds: float = 300.0
     pool_size: int = 100
+    keepalive_seconds: float = 15.0
+    forward_host: Literal["upstream", "client"] = "upstream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,7 @@ class UploadsConfig:
 @dataclass(frozen=True, slots=True)
 class DownloadsConfig:
     url_expiry_seconds: int = 3600
+    redirect_status: Literal["keep", "303"] = "keep"
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +234,8 @@ def _validate(config: Config) -> None:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             raise ConfigError(f"server.trusted_proxies: {proxy!r} is not an IP address or network") from None
+    if not 1 <= config.server.workers <= 256:
+        raise ConfigError("server.workers: must be within 1..256 (one per core is plenty)")
     if config.server.log_level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("server.log_level: expected debug | info | warning | error")
     _check_url("upstream.url", config.upstream.url)
@@ -265,7 +273,9 @@ def _validate(config: Config) -> None:
         ("server.shutdown_grace_seconds", config.server.shutdown_grace_seconds),
         ("upstream.connect_timeout_seconds", config.upstream.connect_timeout_seconds),
         ("upstream.read_timeout_seconds", config.upstream.read_timeout_seconds),
+        ("upstream.first_byte_timeout_seconds", config.upstream.first_byte_timeout_seconds),
         ("upstream.pool_size", config.upstream.pool_size),
+        ("upstream.keepalive_seconds", config.upstream.keepalive_seconds),
         ("s3.connect_timeout_seconds", config.s3.connect_timeout_seconds),
         ("s3.read_timeout_seconds", config.s3.read_timeout_seconds),
     ):

@@ -10,7 +10,9 @@ import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-__all__ = ["REQUEST_ID", "JsonFormatter", "request_id_from", "setup_logging"]
+from aiohttp.http_exceptions import HttpProcessingError
+
+__all__ = ["REDACT_PARSER_ERRORS", "REQUEST_ID", "JsonFormatter", "request_id_from", "setup_logging"]
 
 # The X-Request-Id of the request being served; every log line made while serving it carries it.
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
@@ -44,6 +46,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class RedactParserErrors(logging.Filter):
+    """aiohttp logs every request its HTTP parser refuses with a traceback quoting the offending bytes: header
+    lines and bodies, credentials and upload tokens included. Keep one line naming the error, drop the bytes; a
+    client's malformed request is a warning, not a gateway error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = "refused a malformed request: %s", (type(error).__name__,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+REDACT_PARSER_ERRORS = RedactParserErrors()
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -52,3 +71,4 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's access log duplicates our structured lines; keep its errors.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(REDACT_PARSER_ERRORS)

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .downloads import Downloads
 from .errors import InvalidRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, UpstreamUnavailable
 from .proxy import Forwarder, end_to_end_headers
 from .service import UploadService
@@ -62,6 +63,7 @@ class Handlers:
     def __init__(self, service: UploadService, forwarder: Forwarder) -> None:
         self.service = service
         self.forwarder = forwarder
+        self.downloads = Downloads(service, forwarder)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
@@ -76,8 +78,13 @@ class Handlers:
             handler = self._upload_handler(request.method, segments)
             if handler is not None:
                 return await self._logged(request, handler, unquote(segments[3]))
+        if _disguised_multipart_route(path):
+            # The registry would route it to its own multipart views (its abort deletes the image row).
+            raise InvalidRequest("ambiguous path: multipart routes must be written plainly")
         if path == DISCOVERY_PATH and request.method == "GET":
             return await self.discovery(request)
+        if self.downloads.handles(request.method, path):
+            return await self.downloads.answer(request, path)
         return await self.forwarder.forward(request)
 
     def _upload_handler(self, method: str, segments: list[str]) -> Callable[[web.Request, str], Awaitable[Any]] | None:
@@ -230,6 +237,21 @@ def route_class(method: str, raw_path: str) -> str:
     if path == DISCOVERY_PATH:
         return "discovery"
     return "proxy"
+
+
+def _disguised_multipart_route(raw_path: str) -> bool:
+    """A path that is not written as a multipart route but that a registry could decode and normalise into one
+    (``%5Fmultipart_abort``, ``//v2/...``, ``/x/../``, a trailing slash): never forwarded."""
+    segments: list[str] = []
+    for segment in unquote(raw_path).split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return len(segments) == 4 and segments[:2] == ["v2", "imagefile"] and segments[3].startswith("_multipart")
 
 
 def loggable_path(raw_path: str) -> str:

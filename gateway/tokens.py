@@ -80,7 +80,9 @@ class TokenSealer:
         self._keys = [s.encode() for s in (secret, *previous)]
 
     def caller_tag(self, credential: str, *, key: bytes | None = None) -> str:
-        mac = hmac.new(key or self._keys[0], b"caller\x00" + credential.encode(), hashlib.sha256)
+        # aiohttp decodes header bytes that are not UTF-8 as surrogates: surrogateescape gets the exact bytes back.
+        raw = credential.encode("utf-8", "surrogateescape")
+        mac = hmac.new(key or self._keys[0], b"caller\x00" + raw, hashlib.sha256)
         return mac.hexdigest()[:32]
 
     def seal(self, grant: UploadGrant) -> str:

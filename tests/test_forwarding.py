@@ -1,23 +1,29 @@
-"""Pass-through to the registry, against a real upstream aiohttp app: what the upstream sees is what the client
-sent, and what the client gets back is what the upstream answered."""
+"""Pass-through to the registry, against real upstream servers (aiohttp apps, or raw bytes where aiohttp would not
+send the answer): what the upstream sees is what the client sent, and what the client gets is what the upstream
+answered, as RFC 9110/9112 want a proxy to behave."""
 
 from __future__ import annotations
 
 import json
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.app import create_app
 from tests.gateway_fixtures import gateway_config
+from tests.proxy_harness import RawUpstream
 
 Seen = list[dict[str, Any]]
+Client = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+ServerFactory = Callable[..., Awaitable[TestServer]]
 
 
 def recording_upstream(seen: Seen) -> web.Application:
@@ -28,6 +34,7 @@ def recording_upstream(seen: Seen) -> web.Application:
                 "method": request.method,
                 "raw_path": request.raw_path,
                 "headers": list(request.headers.items()),
+                "raw_headers": list(request.raw_headers),
                 "body": body,
                 "chunked": "Transfer-Encoding" in request.headers,
             }
@@ -36,6 +43,8 @@ def recording_upstream(seen: Seen) -> web.Application:
             raise web.HTTPFound("http://127.0.0.1:9/sregistry/c/n%3Asha256.ab?X-Amz-Signature=old")
         if request.path == "/redirect/self":
             raise web.HTTPFound(f"http://{request.host}/v1/other?x=1")
+        if request.path == "/redirect/elsewhere":
+            raise web.HTTPTemporaryRedirect("https://mirror.example.org/v1/imagefile/x")
         if request.path == "/stream":
             response = web.StreamResponse(headers={"X-Multi": "a"})
             response.headers.add("X-Multi", "b")
@@ -45,6 +54,13 @@ def recording_upstream(seen: Seen) -> web.Application:
                 await response.write(b"chunk%d;" % i)
             await response.write_eof()
             return response
+        if request.path == "/headers":
+            headers = CIMultiDict([("Set-Cookie", "a=1"), ("x-ODD-casing", "Yes"), ("Set-Cookie", "b=2")])
+            return web.Response(body=b"ok", headers=headers)
+        if request.path == "/no-content":
+            return web.Response(status=204)
+        if request.path == "/not-modified":
+            return web.Response(status=304, headers={"ETag": '"v1"'})
         return web.Response(body=b"echo:" + body, headers={"X-Upstream": "yes", "Content-Type": "text/plain"})
 
     app = web.Application()
@@ -52,16 +68,21 @@ def recording_upstream(seen: Seen) -> web.Application:
     return app
 
 
-Client = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+async def start_gateway(aiohttp_client: Client, upstream_url: str, **sections: dict[str, Any]) -> Any:
+    return await aiohttp_client(create_app(gateway_config(upstream_url=upstream_url, **sections)))
 
 
 @pytest.fixture
-async def gateway(aiohttp_client: Client, aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Any:
+async def gateway(aiohttp_client: Client, aiohttp_server: ServerFactory) -> Any:
     seen: Seen = []
     upstream = await aiohttp_server(recording_upstream(seen))
-    client = await aiohttp_client(create_app(gateway_config(upstream_url=str(upstream.make_url("")))))
-    client.seen = seen  # type: ignore[attr-defined]
+    client = await start_gateway(aiohttp_client, str(upstream.make_url("")))
+    client.seen = seen
     return client
+
+
+def headers_seen(gateway: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in gateway.seen[0]["headers"]}
 
 
 async def test_method_raw_path_and_query_reach_the_upstream_unnormalised(gateway: Any) -> None:
@@ -86,6 +107,15 @@ async def test_no_content_type_is_added_and_content_length_is_kept(gateway: Any)
     assert ("Authorization", "BEARER tok") in seen["headers"]
 
 
+async def test_a_sized_body_above_the_small_limit_keeps_its_content_length(gateway: Any) -> None:
+    body = b"x" * (300 * 1024)
+    response = await gateway.put("/v1/imagefile/1", data=body, skip_auto_headers={"Content-Type"})
+    assert response.status == 200
+    assert gateway.seen[0]["body"] == body
+    assert not gateway.seen[0]["chunked"]
+    assert ("Content-Length", str(len(body))) in gateway.seen[0]["headers"]
+
+
 async def test_a_chunked_request_body_stays_chunked(gateway: Any) -> None:
     async def body() -> Any:
         for part in (b"a" * 1000, b"b" * 1000):
@@ -97,13 +127,104 @@ async def test_a_chunked_request_body_stays_chunked(gateway: Any) -> None:
     assert gateway.seen[0]["body"] == b"a" * 1000 + b"b" * 1000
 
 
-async def test_hop_by_hop_headers_are_dropped_and_forwarding_headers_added(gateway: Any) -> None:
-    await gateway.get("/version", headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1", "TE": "x"})
-    headers = dict((name.lower(), value) for name, value in gateway.seen[0]["headers"])
-    assert "x-secret-hop" not in headers and "te" not in headers
+async def test_request_headers_keep_their_order_multiplicity_and_casing(gateway: Any) -> None:
+    headers = CIMultiDict([("X-Multi", "1"), ("x-ODD-casing", "Value"), ("X-Multi", "2"), ("Accept", "a/b")])
+    await gateway.get("/version", headers=headers)
+    wanted = {b"x-multi", b"x-odd-casing"}
+    sent = [(name, value) for name, value in gateway.seen[0]["raw_headers"] if name.lower() in wanted]
+    assert sent == [(b"X-Multi", b"1"), (b"x-ODD-casing", b"Value"), (b"X-Multi", b"2")]
+
+
+async def test_response_headers_keep_their_order_multiplicity_and_casing(gateway: Any) -> None:
+    response = await gateway.get("/headers")
+    passed = [(name, value) for name, value in response.raw_headers if name.lower() in {b"set-cookie", b"x-odd-casing"}]
+    assert passed == [(b"Set-Cookie", b"a=1"), (b"x-ODD-casing", b"Yes"), (b"Set-Cookie", b"b=2")]
+
+
+async def test_hop_by_hop_request_headers_and_those_named_in_connection_are_dropped(gateway: Any) -> None:
+    hop = {
+        "Connection": "keep-alive, X-Secret-Hop",
+        "X-Secret-Hop": "1",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Trailer": "X-Checksum",
+        "Proxy-Authorization": "Basic c2VjcmV0",
+        "Proxy-Connection": "keep-alive",
+        "X-Kept": "yes",
+    }
+    await gateway.get("/version", headers=hop)
+    headers = headers_seen(gateway)
+    for name in ("x-secret-hop", "keep-alive", "te", "trailer", "proxy-authorization", "proxy-connection"):
+        assert name not in headers, name
+    assert headers.get("connection") in (None, "keep-alive")
+    assert headers["x-kept"] == "yes"
+
+
+async def test_hop_by_hop_response_headers_are_dropped(aiohttp_client: Client) -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Hop-Answer\r\nX-Hop-Answer: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\n"
+        b"X-Kept: yes\r\n\r\nok"
+    )
+    async with RawUpstream(lambda head: answer) as upstream:
+        gateway = await start_gateway(aiohttp_client, upstream.url)
+        response = await gateway.get("/version")
+        assert await response.read() == b"ok"
+    for name in ("X-Hop-Answer", "Keep-Alive", "Proxy-Authenticate", "Trailer", "Upgrade"):
+        assert name not in response.headers, name
+    assert response.headers["X-Kept"] == "yes"
+
+
+async def test_an_untrusted_peers_forwarding_headers_are_replaced(gateway: Any) -> None:
+    spoofed = {
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+        "Forwarded": "for=6.6.6.6",
+    }
+    await gateway.get("/version", headers=spoofed)
+    headers = headers_seen(gateway)
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"
-    assert headers["host"].startswith("127.0.0.1:")
+    assert headers["x-forwarded-host"].startswith("127.0.0.1:")
+    assert headers["forwarded"].startswith('for=127.0.0.1;host="127.0.0.1:') and headers["forwarded"].endswith(
+        ";proto=http"
+    )
+    assert "6.6.6.6" not in json.dumps(gateway.seen[0]["headers"])
+
+
+async def test_a_trusted_proxys_forwarding_headers_are_extended(aiohttp_client: Client, aiohttp_server: Any) -> None:
+    seen: Seen = []
+    upstream = await aiohttp_server(recording_upstream(seen))
+    gateway = await start_gateway(
+        aiohttp_client, str(upstream.make_url("")), server={"trusted_proxies": ["127.0.0.0/8"]}
+    )
+    await gateway.get(
+        "/version",
+        headers={
+            "X-Forwarded-For": "203.0.113.7",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "registry.example.org",
+            "Forwarded": 'for=203.0.113.7;host="registry.example.org";proto=https',
+        },
+    )
+    headers = {name.lower(): value for name, value in seen[0]["headers"]}
+    assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert headers["x-forwarded-proto"] == "https"
+    assert headers["x-forwarded-host"] == "registry.example.org"
+    assert headers["forwarded"].startswith('for=203.0.113.7;host="registry.example.org";proto=https, for=127.0.0.1;')
+
+
+@pytest.mark.parametrize("forward_host", ["upstream", "client"])
+async def test_host_is_the_upstreams_or_the_clients_as_configured(
+    aiohttp_client: Client, aiohttp_server: Any, forward_host: str
+) -> None:
+    seen: Seen = []
+    upstream = await aiohttp_server(recording_upstream(seen))
+    gateway = await start_gateway(aiohttp_client, str(upstream.make_url("")), upstream={"forward_host": forward_host})
+    await gateway.get("/version", headers={"Host": "registry.example.org"})
+    hosts = [value for name, value in seen[0]["headers"] if name.lower() == "host"]
+    assert hosts == (["registry.example.org"] if forward_host == "client" else [f"127.0.0.1:{upstream.port}"])
 
 
 async def test_multi_valued_response_headers_and_chunked_bodies_stream_back(gateway: Any) -> None:
@@ -119,6 +240,53 @@ async def test_head_answers_without_a_body(gateway: Any) -> None:
     assert gateway.seen[0]["method"] == "HEAD"
 
 
+@pytest.mark.parametrize(("path", "status"), [("/no-content", 204), ("/not-modified", 304)])
+async def test_204_and_304_answers_carry_no_body_and_the_connection_stays_usable(
+    gateway: Any, path: str, status: int
+) -> None:
+    response = await gateway.get(path)
+    assert response.status == status
+    assert await response.read() == b""
+    follow_up = await gateway.get("/version")
+    assert await follow_up.read() == b"echo:"
+
+
+async def test_expect_100_continue_gets_the_body_through(gateway: Any) -> None:
+    body = b"y" * 100_000
+    response = await gateway.put("/v1/imagefile/1", data=body, expect100=True, skip_auto_headers={"Content-Type"})
+    assert response.status == 200
+    assert await response.read() == b"echo:" + body
+    assert gateway.seen[0]["body"] == body
+
+
+async def test_ranges_pass_through_as_206_with_content_range(
+    aiohttp_client: Client, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    image = tmp_path / "image.sif"
+    image.write_bytes(bytes(range(256)) * 4096)
+
+    async def file(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(image)
+
+    app = web.Application()
+    app.router.add_get("/image", file)
+    upstream = await aiohttp_server(app)
+    gateway = await start_gateway(aiohttp_client, str(upstream.make_url("")))
+    response = await gateway.get("/image", headers={"Range": "bytes=1000-1999"})
+    assert response.status == 206
+    assert response.headers["Content-Range"] == f"bytes 1000-1999/{256 * 4096}"
+    assert await response.read() == image.read_bytes()[1000:2000]
+    unsatisfiable = await gateway.get("/image", headers={"Range": f"bytes={10**9}-"})
+    assert unsatisfiable.status == 416
+
+
+async def test_redirects_are_not_followed_and_foreign_locations_stay_as_they_are(gateway: Any) -> None:
+    response = await gateway.get("/redirect/elsewhere", allow_redirects=False)
+    assert response.status == 307
+    assert response.headers["Location"] == "https://mirror.example.org/v1/imagefile/x"
+    assert len(gateway.seen) == 1
+
+
 async def test_redirects_into_s3_are_resigned_for_the_external_endpoint(gateway: Any) -> None:
     response = await gateway.get("/redirect/s3", allow_redirects=False)
     assert response.status == 302
@@ -130,6 +298,43 @@ async def test_redirects_into_s3_are_resigned_for_the_external_endpoint(gateway:
 async def test_redirects_to_the_upstream_itself_point_at_the_public_url(gateway: Any) -> None:
     response = await gateway.get("/redirect/self", allow_redirects=False)
     assert response.headers["Location"] == "http://127.0.0.1:8080/v1/other?x=1"
+
+
+async def test_an_answer_framed_by_the_connection_end_streams_back_whole(aiohttp_client: Client) -> None:
+    answer = b"HTTP/1.0 200 OK\r\nX-Old: yes\r\n\r\n" + b"z" * 500_000
+    async with RawUpstream(lambda head: answer, close_after=True) as up:
+        gateway = await start_gateway(aiohttp_client, up.url)
+        for _ in range(2):
+            response = await gateway.get("/page")
+            assert response.status == 200
+            assert await response.read() == b"z" * 500_000
+    assert up.connections == 2
+
+
+async def test_interim_1xx_answers_are_skipped(aiohttp_client: Client) -> None:
+    answer = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone"
+    async with RawUpstream(lambda head: answer) as upstream:
+        gateway = await start_gateway(aiohttp_client, upstream.url)
+        response = await gateway.get("/version")
+        assert (response.status, await response.read()) == (200, b"done")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"ICY 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok",
+    ],
+    ids=["status", "protocol", "space-before-colon", "conflicting-length"],
+)
+async def test_a_malformed_upstream_answer_is_a_502(aiohttp_client: Client, answer: bytes) -> None:
+    async with RawUpstream(lambda head: answer) as upstream:
+        gateway = await start_gateway(aiohttp_client, upstream.url)
+        response = await gateway.get("/version")
+        assert response.status == 502
+        assert (await response.json())["error"]["code"] == 502
 
 
 async def test_gateway_routes_are_never_forwarded(gateway: Any) -> None:
@@ -148,7 +353,7 @@ def closed_port() -> int:
 
 
 async def test_an_unreachable_upstream_answers_502_json(aiohttp_client: Client) -> None:
-    client = await aiohttp_client(create_app(gateway_config(upstream_url=f"http://127.0.0.1:{closed_port()}")))
+    client = await start_gateway(aiohttp_client, f"http://127.0.0.1:{closed_port()}")
     response = await client.get("/version")
     assert response.status == 502
     body = await response.json()
@@ -165,8 +370,9 @@ async def test_a_slow_upstream_answers_504_json(aiohttp_client: Client, aiohttp_
     app = web.Application()
     app.router.add_get("/slow", slow)
     upstream = await aiohttp_server(app)
-    config = gateway_config(upstream_url=str(upstream.make_url("")), upstream={"read_timeout_seconds": 0.3})
-    client = await aiohttp_client(create_app(config))
+    client = await start_gateway(
+        aiohttp_client, str(upstream.make_url("")), upstream={"first_byte_timeout_seconds": 0.3}
+    )
     response = await client.get("/slow")
     assert response.status == 504
     assert (await response.json())["error"]["code"] == 504
@@ -186,7 +392,7 @@ async def test_an_upstream_dying_mid_body_fails_the_clients_response(
     app = web.Application()
     app.router.add_get("/dies", dies)
     upstream = await aiohttp_server(app)
-    client = await aiohttp_client(create_app(gateway_config(upstream_url=str(upstream.make_url("")))))
+    client = await start_gateway(aiohttp_client, str(upstream.make_url("")))
     response = await client.get("/dies")
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()

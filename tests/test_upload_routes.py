@@ -302,3 +302,23 @@ async def test_downloads_redirect_to_a_url_signed_for_the_external_host(
     assert location.startswith(f"http://localhost:{seaweedfs.port}/") and "X-Amz-Expires=3600" in location
     async with session.get(location) as pulled:
         assert await pulled.read() == FILE
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/imagefile/1/%5Fmultipart_abort",
+        "//v2/imagefile/1/_multipart_abort",
+        "/v2/imagefile/1/_multipart/../_multipart_abort",
+        "/v2/imagefile/1/_multipart_abort/",
+        "/v2/./imagefile/1/_multipart_complete",
+        "/v2/imagefile/1/%5fmultipart",
+    ],
+)
+async def test_disguised_multipart_routes_are_refused_and_never_reach_the_registry(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession, path: str
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    answer = await LibraryClient(session, stack.gateway_url).call("PUT", path, {"uploadID": "x"})
+    assert answer.status == 400 and answer.json["error"]["code"] == 400
+    assert not stack.requests_seen_by_registry

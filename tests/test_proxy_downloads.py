@@ -1,0 +1,99 @@
+"""Pull compatibility (downloads.redirect_status = "303"): Apptainer 1.0.x's library client (v1.2.2) pulls in
+parallel only after a 303, and fails on sregistry's 302; newer clients need the image's size, which sregistry
+leaves null. Proven with the real client against real S3 through the sregistry fake."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.realclient import RealClient
+from tests.s3servers import S3Server
+from tests.stack import MIB, TOKEN, USER, Stack, start_stack, unique_ref
+
+IMAGE_BYTES = 12 * MIB + 345  # three 5 MiB ranges after the probe, the last one short
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pull") / "image.sif"
+    path.write_bytes(os.urandom(IMAGE_BYTES))
+    return path
+
+
+async def pushed(stack: Stack, realclient: RealClient, image: Path) -> str:
+    _, collection, container = unique_ref("pull")
+    ref = f"{USER}/{collection}/{container}:v1"
+    result = await realclient.push(stack.gateway_url, TOKEN, image, ref)
+    assert result.ok, result.error
+    return ref
+
+
+async def test_the_1_0_client_pulls_in_parallel_through_a_303(
+    aiohttp_server: Any, s3_server: S3Server, realclient: RealClient, image: Path, tmp_path: Path
+) -> None:
+    stack = await start_stack(aiohttp_server, s3_server, downloads={"redirect_status": "303"})
+    ref = await pushed(stack, realclient, image)
+    out = tmp_path / "pulled.sif"
+    result = await realclient.pull(stack.gateway_url, TOKEN, ref, out, concurrent=True)
+    assert result.ok, result.error + result.stderr[-3000:]
+    assert out.read_bytes() == image.read_bytes()
+    # The library's own debug line, printed only on the 303 path before its ranged GETs.
+    assert f"size: {IMAGE_BYTES}, parts: 3, concurrency: 3" in result.stderr
+
+
+async def test_by_default_the_registrys_302_is_kept_which_the_1_0_client_cannot_pull(
+    aiohttp_server: Any, seaweedfs: S3Server, realclient: RealClient, image: Path, tmp_path: Path
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    ref = await pushed(stack, realclient, image)
+    result = await realclient.pull(stack.gateway_url, TOKEN, ref, tmp_path / "pulled.sif", concurrent=True)
+    assert not result.ok
+    assert "302" in result.error
+    single = await realclient.pull(stack.gateway_url, TOKEN, ref, tmp_path / "single.sif")
+    assert single.ok, single.error
+
+
+async def test_the_303_redirect_is_a_resigned_get_that_lives_as_configured(
+    aiohttp_server: Any, seaweedfs: S3Server, realclient: RealClient, image: Path
+) -> None:
+    stack = await start_stack(
+        aiohttp_server, seaweedfs, downloads={"redirect_status": "303", "url_expiry_seconds": 7200}
+    )
+    ref = await pushed(stack, realclient, image)
+    entity_path, _, tag = ref.partition(":")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+        async with session.get(
+            f"{stack.gateway_url}/v1/imagefile/{entity_path}:{tag}?arch=amd64", allow_redirects=False
+        ) as answer:
+            assert answer.status == 303
+            location = answer.headers["Location"]
+        assert location.startswith(f"http://localhost:{seaweedfs.port}/")
+        assert "X-Amz-Expires=7200" in location
+        async with session.get(location, headers={"Range": "bytes=0-1023"}) as probe:
+            assert probe.status == 206
+            assert probe.headers["Content-Range"] == f"bytes 0-1023/{IMAGE_BYTES}"
+
+
+async def test_image_answers_get_their_missing_size_from_s3(
+    aiohttp_server: Any, seaweedfs: S3Server, realclient: RealClient, image: Path
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs, downloads={"redirect_status": "303"})
+    ref = await pushed(stack, realclient, image)
+    entity_path, _, tag = ref.partition(":")
+    path = f"/v1/images/{entity_path}:{tag}?arch=amd64"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+        async with session.get(stack.registry_url + path) as direct:
+            assert (await direct.json())["data"]["size"] is None  # what sregistry says
+        async with session.get(stack.gateway_url + path) as through:
+            assert through.status == 200
+            data = (await through.json())["data"]
+        async with session.get(stack.gateway_url + "/v1/images/nobody/none/nothing:v1") as missing:
+            assert missing.status == 404
+    assert data["size"] == IMAGE_BYTES
+    assert data["hash"] == "sha256." + hashlib.sha256(image.read_bytes()).hexdigest()
