@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 
 from .downloads import Downloads
 from .errors import InvalidRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, UpstreamUnavailable
-from .proxy import Forwarder, end_to_end_headers
+from .proxy import Forwarder, ForwardingPolicy, end_to_end_headers
 from .service import UploadService
 from .tokens import credential_of
 from .uploads import LegacyStartRequest, check_image_id
@@ -48,14 +48,18 @@ async def read_small_body(request: web.Request) -> bytes:
     return bytes(body)
 
 
-def registry_headers(request: web.Request) -> CIMultiDict[str]:
-    """Headers for the gateway's own calls to the registry on behalf of a client: its credentials and identity."""
+def registry_headers(request: web.Request, policy: ForwardingPolicy) -> CIMultiDict[str]:
+    """Headers for the gateway's own calls to the registry on behalf of a client: its credentials and identity.
+
+    The client's X-Forwarded-For is believed only from a trusted proxy, as when forwarding (the registry's
+    per-IP rate limits key on it)."""
     headers = CIMultiDict[str]()
     for name in ("Authorization", "User-Agent", "X-Request-Id"):
         if name in request.headers:
             headers[name] = request.headers[name]
-    prior = request.headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{prior}, {request.remote}" if prior else (request.remote or "")
+    peer = request.remote or ""
+    prior = request.headers.get("X-Forwarded-For") if policy.trusts(peer) else None
+    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
     return headers
 
 
@@ -134,7 +138,7 @@ class Handlers:
             # The client's clean fallback to the legacy single upload (PROTOCOL.md §4).
             raise NotFound("multipart uploads are disabled on this gateway")
         answer = await self.service.start(
-            image_id, body, headers=registry_headers(request), credential=_credential(request)
+            image_id, body, headers=registry_headers(request, self.forwarder.policy), credential=_credential(request)
         )
         return data_response(answer)
 
@@ -145,7 +149,7 @@ class Handlers:
     async def complete(self, request: web.Request, image_id: str) -> web.Response:
         body = await read_small_body(request)
         answer = await self.service.complete(
-            image_id, body, headers=registry_headers(request), credential=_credential(request)
+            image_id, body, headers=registry_headers(request, self.forwarder.policy), credential=_credential(request)
         )
         return web.json_response(answer)
 

@@ -322,3 +322,19 @@ async def test_disguised_multipart_routes_are_refused_and_never_reach_the_regist
     answer = await LibraryClient(session, stack.gateway_url).call("PUT", path, {"uploadID": "x"})
     assert answer.status == 400 and answer.json["error"]["code"] == 400
     assert not stack.requests_seen_by_registry
+
+
+async def test_a_client_cannot_spoof_its_address_to_the_registrys_rate_limits(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)  # no trusted proxies configured
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    async with session.post(
+        f"{stack.gateway_url}/v2/imagefile/{image_id}/_multipart",
+        data=json.dumps({"filesize": len(FILE)}).encode(),
+        headers=client.headers() | {"X-Forwarded-For": "203.0.113.9"},
+    ) as response:
+        assert response.status == 200
+    (asked,) = [r for r in stack.requests_seen_by_registry if r.method == "POST" and r.path.startswith("/v2/")]
+    assert asked.headers["X-Forwarded-For"] == "127.0.0.1"
