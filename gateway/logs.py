@@ -12,11 +12,28 @@ from datetime import UTC, datetime
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["REDACT_PARSER_ERRORS", "REQUEST_ID", "JsonFormatter", "request_id_from", "setup_logging"]
+__all__ = [
+    "REDACT_PARSER_ERRORS",
+    "REQUEST_ID",
+    "UPLOAD_FIELDS",
+    "note_upload",
+    "JsonFormatter",
+    "request_id_from",
+    "setup_logging",
+]
 
 # The X-Request-Id of the request being served; every log line made while serving it carries it.
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
+# Fields the upload service learns while serving an intercepted route (mode, part n of N), for its log line.
+UPLOAD_FIELDS: ContextVar[dict[str, object] | None] = ContextVar("upload_fields", default=None)
 _ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def note_upload(**fields: object) -> None:
+    """Add fields to the current intercepted route's log line (no-op outside one)."""
+    current = UPLOAD_FIELDS.get()
+    if current is not None:
+        current.update(fields)
 
 
 def request_id_from(header: str | None) -> str:

@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 
 from .downloads import Downloads
 from .errors import InvalidRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, UpstreamUnavailable
+from .logs import UPLOAD_FIELDS
 from .proxy import Forwarder, ForwardingPolicy, end_to_end_headers
 from .service import UploadService
 from .tokens import credential_of
@@ -30,6 +31,7 @@ MAX_JSON_BODY: Final = 1024 * 1024  # intercepted routes carry small JSON bodies
 DISCOVERY_PATH: Final = "/assets/config/config.prod.json"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+UploadHandler = Callable[[web.Request, str], Awaitable[Any]]
 
 
 def data_response(data: Any, *, status: int = 200) -> web.Response:
@@ -68,6 +70,11 @@ class Handlers:
         self.service = service
         self.forwarder = forwarder
         self.downloads = Downloads(service, forwarder)
+        self._multipart_routes: dict[str, dict[str, UploadHandler]] = {
+            "_multipart": {"POST": self.start, "PUT": self.presign_part},
+            "_multipart_complete": {"PUT": self.complete},
+            "_multipart_abort": {"PUT": self.abort},
+        }
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
@@ -91,28 +98,23 @@ class Handlers:
             return await self.downloads.answer(request, path)
         return await self.forwarder.forward(request)
 
-    def _upload_handler(self, method: str, segments: list[str]) -> Callable[[web.Request, str], Awaitable[Any]] | None:
+    def _upload_handler(self, method: str, segments: list[str]) -> UploadHandler | None:
         if len(segments) == 4:
             return self.legacy_start if method == "POST" else None
-        action = segments[4]
-        routes: dict[str, dict[str, Callable[[web.Request, str], Awaitable[Any]]]] = {
-            "_multipart": {"POST": self.start, "PUT": self.presign_part},
-            "_multipart_complete": {"PUT": self.complete},
-            "_multipart_abort": {"PUT": self.abort},
-        }
-        if action not in routes:
+        methods = self._multipart_routes.get(segments[4])
+        if methods is None:
             return None
-        handler = routes[action].get(method)
+        handler = methods.get(method)
         if handler is None:
             # Multipart calls are never forwarded: sregistry's abort deletes the image row (G6).
             return self.method_not_allowed
         return handler
 
-    async def _logged(
-        self, request: web.Request, handler: Callable[[web.Request, str], Awaitable[Any]], raw_id: str
-    ) -> web.StreamResponse:
+    async def _logged(self, request: web.Request, handler: UploadHandler, raw_id: str) -> web.StreamResponse:
         started = time.perf_counter()
         outcome = "error"
+        fields: dict[str, object] = {}
+        UPLOAD_FIELDS.set(fields)
         try:
             response: web.StreamResponse = await handler(request, check_image_id(raw_id))
             outcome = str(response.status)
@@ -127,6 +129,7 @@ class Handlers:
                     "image_id": raw_id[:128],
                     "outcome": outcome,
                     "ms": round((time.perf_counter() - started) * 1000, 2),
+                    **fields,
                 },
             )
 

@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 from .config import Config
 from .errors import Conflict, GatewayError, InvalidRequest, PayloadTooLarge, StorageUnavailable, UpstreamUnavailable
 from .journal import JournalEntry, completion_marker_key, journal_key
+from .logs import note_upload
 from .metrics import Metrics
 from .registry import Registry
 from .s3 import S3Client, S3ClientError, S3Error, S3UsageError
@@ -142,6 +143,7 @@ class UploadService:
             caller=self.sealer.caller_tag(credential),
         )
         await self._journal_start(grant)
+        note_upload(mode=mode, parts=total_parts)
         self.metrics.uploads.inc(event="started", mode=mode)
         log.info(
             "upload started",
@@ -213,6 +215,7 @@ class UploadService:
         expected = grant.expected_part_size(request.part_number)
         if request.part_size != expected:
             raise InvalidRequest(f"partSize: part {request.part_number} must be {expected} bytes")
+        note_upload(mode=grant.mode, part=f"{request.part_number}/{grant.total_parts}")
         self.metrics.presigns.inc(kind="part")
         url = self.signer.presign(
             "PUT",
@@ -231,6 +234,7 @@ class UploadService:
     ) -> dict[str, Any]:
         request = CompleteRequest.parse(body)
         grant = self.open_grant(request.upload_token, image_id, credential)
+        note_upload(mode=grant.mode, parts=grant.total_parts)
         numbers = [number for number, _ in request.parts]
         if numbers != list(range(1, grant.total_parts + 1)):
             raise InvalidRequest(f"completedParts: expected each of parts 1..{grant.total_parts} exactly once")

@@ -109,3 +109,22 @@ def test_upload_tokens_never_reach_a_log_line() -> None:
 
     assert loggable_path("/_gateway/uploads/SECRET-TOKEN/parts?x=1") == "/_gateway/uploads/…/parts"
     assert loggable_path("/v1/imagefile/a/b/c:v1?X-Amz-Signature=abc") == "/v1/imagefile/a/b/c:v1"
+
+
+async def test_each_intercepted_call_logs_route_image_part_mode_and_outcome(
+    aiohttp_server: Any, seaweedfs: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    caplog.set_level("INFO")
+    async with aiohttp.ClientSession() as session:
+        client = LibraryClient(session, stack.gateway_url)
+        image = await client.create_image("alice", "clog" + str(free_port()), "n", "c" * 64)
+        start = await client.start(image, 40 * 1024 * 1024)
+        await client.presign(image, start.data["uploadID"], 2, b"x" * (8 * 1024 * 1024))
+    lines = [r.__dict__ for r in caplog.records if r.name == "gateway.routes"]
+    assert [(line["route"], line["outcome"], line["mode"]) for line in lines] == [
+        ("_multipart", "200", "adopt"),
+        ("_multipart", "200", "adopt"),
+    ]
+    assert lines[0]["parts"] == 2 and lines[1]["part"] == "2/2" and lines[1]["image_id"] == image
+    assert start.data["uploadID"] not in str(lines)
