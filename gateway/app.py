@@ -47,14 +47,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Request id (taken or made, passed upstream, echoed back), one JSON log line and metrics per request."""
     started = time.perf_counter()
     request_id = request_id_from(request.headers.get("X-Request-Id"))
-    REQUEST_ID.set(request_id)
-    if request.headers.get("X-Request-Id") != request_id:
-        headers = request.headers.copy()
-        headers["X-Request-Id"] = request_id
-        # clone() re-encodes every header as strict UTF-8: one obs-text byte (legal in a field value) would make
-        # it raise, outside error_middleware. Such a request goes on without the id upstream.
-        with contextlib.suppress(UnicodeEncodeError):
-            request = request.clone(headers=headers)
+    REQUEST_ID.set(request_id)  # the forwarder and the registry calls send it upstream
     status = "error"
     try:
         response = await handler(request)

@@ -65,7 +65,6 @@ _FORWARDING_BYTES: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", 
 # aiohttp's client would add these when absent; the upstream must see only what the client sent (registry.py).
 SKIP_AUTO_HEADERS: Final = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
-CHUNK_BYTES: Final = 1024 * 1024  # request body reads; aiohttp lets 2x this queue before it stops reading
 SMALL_BODY_BYTES: Final = 64 * 1024  # request bodies up to this are read whole: one write, and replayable
 MAX_HEAD_BYTES: Final = 64 * 1024  # an answer's status line and headers
 QUEUE_HIGH_BYTES: Final = 1024 * 1024  # answer bytes queued before the upstream connection stops reading
@@ -719,6 +718,8 @@ class UpstreamReply:
 
 
 _NO_TOKENS: Final = frozenset[bytes]()
+# Written by the gateway itself: Host as configured, X-Request-Id as logged.
+_REPLACED_BYTES: Final = frozenset({b"host", b"x-request-id"})
 
 
 def _connection_tokens(values: Iterable[str]) -> frozenset[bytes]:
@@ -781,7 +782,13 @@ class Forwarder:
     # the request's head
 
     def request_head(
-        self, request: web.BaseRequest, *, method: str | None = None, raw_path: str | None = None, chunked: bool
+        self,
+        request: web.BaseRequest,
+        *,
+        method: str | None = None,
+        raw_path: str | None = None,
+        chunked: bool,
+        with_body: bool = True,
     ) -> bytes:
         """Request line and headers for the upstream: the client's end-to-end headers as they came, Host as
         configured, and forwarding headers that trust earlier hops only when the peer is a trusted proxy."""
@@ -794,19 +801,19 @@ class Forwarder:
         target = (raw_path if raw_path is not None else request.raw_path).encode("utf-8", "surrogateescape")
         out = [(method or request.method).encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
         prior: dict[bytes, list[bytes]] = {}
-        has_request_id = False
         for name, value in request.raw_headers:
             lowered = name.lower()
-            if lowered in _HOP_BY_HOP_BYTES or lowered == b"host" or lowered in named:
+            if lowered in _HOP_BY_HOP_BYTES or lowered in _REPLACED_BYTES or lowered in named:
+                continue
+            if not with_body and lowered == b"content-length":
                 continue
             if lowered in _FORWARDING_BYTES:
                 if trusted:
                     prior.setdefault(lowered, []).append(value)
                 continue
-            has_request_id = has_request_id or lowered == b"x-request-id"
             out += (name, b": ", value, b"\r\n")
-        if not has_request_id and (request_id := REQUEST_ID.get()):
-            # The id this request is logged under, so the registry's logs can be matched with ours.
+        if request_id := REQUEST_ID.get():
+            # The id this request is logged under (the client's when it was sane), so logs can be matched.
             out += (b"X-Request-Id: ", request_id.encode("ascii", "replace"), b"\r\n")
         if chunked:
             out.append(b"Transfer-Encoding: chunked\r\n")
@@ -857,7 +864,7 @@ class Forwarder:
 
     async def fetch(self, request: web.Request, raw_path: str, *, rewrite_location: bool = True) -> UpstreamReply:
         """GET ``raw_path`` upstream with the client's headers and read the answer whole (at most 1 MiB)."""
-        head_bytes = self.request_head(request, method="GET", raw_path=raw_path, chunked=False)
+        head_bytes = self.request_head(request, method="GET", raw_path=raw_path, chunked=False, with_body=False)
         conn, head = await self._exchange(request, head_bytes, b"", streamed=False, chunked=False, method="GET")
         try:
             parts: list[bytes] = []
@@ -939,7 +946,8 @@ class Forwarder:
         idle = self.idle_timeout_s
         while not conn.answering():
             try:
-                data = await content.readany()
+                # One piece as it arrived: readany() and read(n) join what is queued, a copy per byte.
+                data, _ = await content.readchunk()
             except Exception as exc:  # the client went away, or sent a short body or a broken chunk
                 conn.abort()
                 raise ClientGone(f"{exc.__class__.__name__}: {exc}") from exc
@@ -948,7 +956,7 @@ class Forwarder:
                     conn.write(b"0\r\n\r\n")
                 return
             if chunked:
-                conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+                conn.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
             else:
                 conn.write(data)
             await conn.drain(idle)

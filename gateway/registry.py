@@ -13,6 +13,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .errors import UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
+from .logs import REQUEST_ID
 from .proxy import SKIP_AUTO_HEADERS
 
 __all__ = ["Registry", "UpstreamAnswer", "error_message"]
@@ -44,6 +45,8 @@ class Registry:
         """One small JSON call; raises UpstreamUnavailable/UpstreamTimeout when the registry can't be reached."""
         headers = CIMultiDict(headers)
         headers["Host"] = self.base.raw_authority
+        if request_id := REQUEST_ID.get():
+            headers["X-Request-Id"] = request_id
         try:
             async with self.session.request(
                 method,

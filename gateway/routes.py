@@ -56,7 +56,7 @@ def registry_headers(request: web.Request, policy: ForwardingPolicy) -> CIMultiD
     The client's X-Forwarded-For is believed only from a trusted proxy, as when forwarding (the registry's
     per-IP rate limits key on it)."""
     headers = CIMultiDict[str]()
-    for name in ("Authorization", "User-Agent", "X-Request-Id"):
+    for name in ("Authorization", "User-Agent"):
         if name in request.headers:
             headers[name] = request.headers[name]
     peer = request.remote or ""
