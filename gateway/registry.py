@@ -16,7 +16,7 @@ from .errors import UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
 from .logs import REQUEST_ID
 from .proxy import SKIP_AUTO_HEADERS
 
-__all__ = ["Registry", "UpstreamAnswer", "error_message"]
+__all__ = ["Registry", "UpstreamAnswer", "error_message", "json_or_none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class Registry:
                 timeout=self.timeout,
             ) as response:
                 raw = await response.read()
-                return UpstreamAnswer(response.status, raw, _json_or_none(raw))
+                return UpstreamAnswer(response.status, raw, json_or_none(raw))
         except TimeoutError as exc:
             raise UpstreamTimeout("registry did not answer in time") from exc
         except aiohttp.ClientError as exc:
@@ -106,7 +106,7 @@ def raise_for_refusal(answer: UpstreamAnswer) -> None:
     raise UpstreamUnavailable(f"registry failed ({answer.status})")
 
 
-def _json_or_none(raw: bytes) -> Any:
+def json_or_none(raw: bytes) -> Any:
     try:
         return json.loads(raw) if raw else None
     except (ValueError, UnicodeDecodeError):

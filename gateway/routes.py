@@ -18,7 +18,8 @@ from multidict import CIMultiDict
 from .downloads import Downloads
 from .errors import InvalidRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, UpstreamUnavailable
 from .logs import UPLOAD_FIELDS
-from .proxy import Forwarder, ForwardingPolicy, end_to_end_headers
+from .proxy import Forwarder, ForwardingPolicy
+from .registry import json_or_none
 from .service import UploadService
 from .tokens import credential_of
 from .uploads import LegacyStartRequest, check_image_id
@@ -166,8 +167,7 @@ class Handlers:
     async def legacy_start(self, request: web.Request, image_id: str) -> web.Response:
         body = await read_small_body(request)
         legacy = LegacyStartRequest.parse(body)  # sregistry answers malformed JSON with a 500 page (G4)
-        headers = end_to_end_headers(request.headers)
-        headers.popall("Host", None)
+        headers = registry_headers(request, self.forwarder.policy)
         answer = await self.service.registry.call("POST", request.raw_path, headers=headers, body=body)
         data = answer.json.get("data") if isinstance(answer.json, dict) else None
         if 200 <= answer.status < 300 and isinstance(data, dict) and isinstance(data.get("uploadURL"), str):
@@ -178,10 +178,8 @@ class Handlers:
     # -- endpoint discovery ------------------------------------------------------------------------------
 
     async def discovery(self, request: web.Request) -> web.Response:
-        headers = end_to_end_headers(request.headers)
-        headers.popall("Host", None)
-        answer = await self.service.registry.call("GET", request.raw_path, headers=headers, body=b"")
-        document = answer.json
+        answer = await self.forwarder.fetch(request, request.raw_path)
+        document = json_or_none(answer.body)  # parsed whatever its Content-Type (sregistry: text/html, G5)
         if answer.status != 200 or not isinstance(document, dict):
             return _passthrough(answer.status, answer.body, document)
         library = document.get("libraryAPI")

@@ -338,3 +338,19 @@ async def test_a_client_cannot_spoof_its_address_to_the_registrys_rate_limits(
         assert response.status == 200
     (asked,) = [r for r in stack.requests_seen_by_registry if r.method == "POST" and r.path.startswith("/v2/")]
     assert asked.headers["X-Forwarded-For"] == "127.0.0.1"
+
+
+async def test_the_legacy_start_does_not_pass_a_spoofed_address_either(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    async with session.post(
+        f"{stack.gateway_url}/v2/imagefile/{image_id}",
+        data=json.dumps({"filesize": 10}).encode(),
+        headers=client.headers() | {"X-Forwarded-For": "203.0.113.9"},
+    ) as response:
+        assert response.status == 200
+    (asked,) = [r for r in stack.requests_seen_by_registry if r.method == "POST" and r.path.startswith("/v2/")]
+    assert asked.headers["X-Forwarded-For"] == "127.0.0.1"
