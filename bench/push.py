@@ -29,10 +29,10 @@ from gateway.client.push import PushOptions, push  # noqa: E402
 from gateway.client.refs import parse_ref  # noqa: E402
 from gateway.sigv4 import Credentials, Endpoint, Signer  # noqa: E402
 from tests.realclient import RealClient, build_realclient  # noqa: E402
-from tests.registry import RegistrySettings, make_registry_app  # noqa: E402
+from tests.registry import make_registry_app  # noqa: E402
 from tests.s3_fixtures import BUCKET, serving  # noqa: E402
 from tests.s3servers import SeaweedFS  # noqa: E402
-from tests.stack import TOKEN, USER, free_port, stack_config  # noqa: E402
+from tests.stack import TOKEN, USER, free_port, registry_settings, stack_config  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -83,17 +83,7 @@ async def main() -> None:
         registry_port, gateway_port = free_port(), free_port()
         registry_url = f"http://127.0.0.1:{registry_port}"
         registry = TestServer(
-            make_registry_app(
-                RegistrySettings(
-                    users={TOKEN: USER},
-                    domain_name=registry_url,
-                    s3_endpoint=s3.endpoint,
-                    s3_external_server=s3.endpoint.split("//")[1],
-                    access_key=s3.access_key,
-                    secret_key=s3.secret_key,
-                    region=s3.region,
-                )
-            ),
+            make_registry_app(registry_settings(s3, registry_url)),
             port=registry_port,
         )
         config = stack_config(s3, registry_url=registry_url, gateway_port=gateway_port, uploads={"part_size": 64 * MIB})

@@ -26,10 +26,10 @@ from gateway.client.pull import PullOptions, pull  # noqa: E402
 from gateway.client.push import PushOptions, push  # noqa: E402
 from gateway.client.refs import parse_ref  # noqa: E402
 from gateway.config import load_config  # noqa: E402
-from tests.registry import REQUEST_LOG, RegistrySettings, make_registry_app  # noqa: E402
+from tests.registry import REQUEST_LOG, make_registry_app  # noqa: E402
 from tests.s3_fixtures import BUCKET, serving  # noqa: E402
 from tests.s3servers import SeaweedFS  # noqa: E402
-from tests.stack import TOKEN, USER, free_port  # noqa: E402
+from tests.stack import TOKEN, USER, free_port, registry_settings  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -55,17 +55,7 @@ def write_sample(path: Path, size: int) -> str:
 async def demo(args: argparse.Namespace, s3: SeaweedFS, workdir: Path) -> None:
     registry_port, gateway_port = free_port(), args.port
     registry_url, gateway_url = f"http://127.0.0.1:{registry_port}", f"http://127.0.0.1:{gateway_port}"
-    registry = make_registry_app(
-        RegistrySettings(
-            users={TOKEN: USER},
-            domain_name=registry_url,
-            s3_endpoint=s3.endpoint,
-            s3_external_server=s3.endpoint.split("//", 1)[1],
-            access_key=s3.access_key,
-            secret_key=s3.secret_key,
-            region=s3.region,
-        )
-    )
+    registry = make_registry_app(registry_settings(s3, registry_url))
     config = load_config(
         None,
         {

@@ -58,25 +58,27 @@ def unique_ref(prefix: str = "c") -> tuple[str, str, str]:
     return USER, f"{prefix}{suffix}", f"img{suffix}"
 
 
+def registry_settings(s3: S3Server, registry_url: str, /, **overrides: Any) -> RegistrySettings:
+    """The sregistry fake beside ``s3``, answering at ``registry_url``; ``overrides`` win over the defaults."""
+    defaults: dict[str, Any] = {
+        "users": {TOKEN: USER, OTHER_TOKEN: OTHER_USER},
+        "domain_name": registry_url,
+        "s3_endpoint": f"http://127.0.0.1:{s3.port}",
+        # sregistry signs its URLs for MINIO_EXTERNAL_SERVER; here the internal name, as often misconfigured.
+        "s3_external_server": f"127.0.0.1:{s3.port}",
+        "access_key": s3.access_key,
+        "secret_key": s3.secret_key,
+        "region": s3.region,
+    }
+    return RegistrySettings(**(defaults | overrides))
+
+
 async def start_registry(
     aiohttp_server: ServerFactory, s3: S3Server, /, *, flavour: Flavour = "s3", **settings: Any
 ) -> tuple[web.Application, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    app = make_registry_app(
-        RegistrySettings(
-            flavour=flavour,
-            users={TOKEN: USER, OTHER_TOKEN: OTHER_USER},
-            domain_name=url,
-            s3_endpoint=f"http://127.0.0.1:{s3.port}",
-            # sregistry signs its URLs for MINIO_EXTERNAL_SERVER; here the internal name, as often misconfigured.
-            s3_external_server=f"127.0.0.1:{s3.port}",
-            access_key=s3.access_key,
-            secret_key=s3.secret_key,
-            region=s3.region,
-            **settings,
-        )
-    )
+    app = make_registry_app(registry_settings(s3, url, flavour=flavour, **settings))
     await aiohttp_server(app, port=port)
     return app, url
 

@@ -31,10 +31,9 @@ from gateway.config import Config
 from gateway.doctor import Status, run_doctor
 from tests.nginx_harness import LOOPBACK, NginxProcess, free_port, render_and_start_nginx
 from tests.realclient import RealClient
-from tests.registry import RegistrySettings, make_registry_app
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
-from tests.stack import MIB, OTHER_TOKEN, OTHER_USER, TOKEN, USER, stack_config, unique_ref
+from tests.stack import MIB, TOKEN, USER, stack_config, start_registry, unique_ref
 
 MULTIPART_BYTES = 70 * MIB + 4321  # above the client's 64 MiB threshold: 3 parts of 32 MiB
 PARTS = 3
@@ -78,23 +77,15 @@ async def deployment(aiohttp_server: Any, s3_server: S3Server, tmp_path: Path) -
     public_port, s3_public_port = free_port(), free_port()
     public_url = f"http://{LOOPBACK}:{public_port}"
     s3_public_url = f"http://{LOOPBACK}:{s3_public_port}"
-    registry_port = free_port()
-    registry = make_registry_app(
-        RegistrySettings(
-            flavour="s3",
-            users={TOKEN: USER, OTHER_TOKEN: OTHER_USER},
-            domain_name=public_url,  # DOMAIN_NAME: the public URL, as docs/deploy.md says
-            s3_endpoint=s3_server.endpoint,
-            s3_external_server=f"{LOOPBACK}:{s3_public_port}",  # MINIO_EXTERNAL_SERVER: nginx's MinIO server
-            access_key=s3_server.access_key,
-            secret_key=s3_server.secret_key,
-            region=s3_server.region,
-        )
+    _, registry_url = await start_registry(
+        aiohttp_server,
+        s3_server,
+        domain_name=public_url,  # DOMAIN_NAME: the public URL, as docs/deploy.md says
+        s3_external_server=f"{LOOPBACK}:{s3_public_port}",  # MINIO_EXTERNAL_SERVER: nginx's MinIO server
     )
-    await aiohttp_server(registry, port=registry_port)
     config = stack_config(
         s3_server,
-        registry_url=f"http://{LOOPBACK}:{registry_port}",
+        registry_url=registry_url,
         gateway_port=public_port,
         server={"public_url": public_url, "trusted_proxies": [LOOPBACK]},
         s3={"external_endpoint": s3_public_url},
