@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.client.push import PushOptions, push  # noqa: E402
 from gateway.client.refs import parse_ref  # noqa: E402
+from tests.gateway_fixtures import gateway_env  # noqa: E402
 from tests.registry import make_registry_app  # noqa: E402
 from tests.s3_fixtures import BUCKET, serving  # noqa: E402
 from tests.s3servers import SeaweedFS  # noqa: E402
-from tests.stack import TOKEN, USER, free_port, registry_settings  # noqa: E402
+from tests.stack import TOKEN, USER, free_port, registry_settings, stack_config  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -70,18 +71,14 @@ async def soak(args: argparse.Namespace, s3: SeaweedFS, workdir: Path) -> None:
     )
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", registry_port).start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | {
-        "GATEWAY_SERVER_LISTEN": f"127.0.0.1:{gateway_port}",
-        "GATEWAY_SERVER_PUBLIC_URL": gateway_url,
-        "GATEWAY_SERVER_LOG_LEVEL": "warning",
-        "GATEWAY_UPSTREAM_URL": registry_url,
-        "GATEWAY_S3_INTERNAL_ENDPOINT": s3.endpoint,
-        "GATEWAY_S3_EXTERNAL_ENDPOINT": s3.endpoint.replace("127.0.0.1", "localhost"),
-        "GATEWAY_S3_ACCESS_KEY": s3.access_key,
-        "GATEWAY_S3_SECRET_KEY": s3.secret_key,
-        "GATEWAY_UPLOADS_TOKEN_SECRET": os.urandom(24).hex(),
-        "GATEWAY_UPLOADS_PART_SIZE": str(16 * MIB),
-    }
+    config = stack_config(
+        s3,
+        registry_url=registry_url,
+        gateway_port=gateway_port,
+        server={"listen": f"127.0.0.1:{gateway_port}", "log_level": "warning"},
+        uploads={"part_size": 16 * MIB},
+    )
+    env = gateway_env(config)
     gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env)
     stats = {"pushes": 0, "failed": 0, "corrupted": 0, "bytes": 0}
     samples: list[tuple[float, float]] = []

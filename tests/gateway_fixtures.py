@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import os
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 from gateway.config import Config, load_config
@@ -34,3 +35,19 @@ def gateway_config(
     for name, values in sections.items():
         config = replace(config, **{name: replace(getattr(config, name), **values)})
     return config
+
+
+def gateway_env(config: Config) -> dict[str, str]:
+    """This process's environment without GATEWAY_* variables, plus ``config`` as GATEWAY_* variables: what a
+    `signing-gateway serve|sweep` subprocess needs to run with exactly this config."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
+    for section in fields(config):
+        for key, value in asdict(getattr(config, section.name)).items():
+            if isinstance(value, list):
+                text = ",".join(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[f"GATEWAY_{section.name}_{key}".upper()] = text
+    return env

@@ -17,7 +17,7 @@ from gateway.app import s3_settings
 from gateway.s3 import NoSuchUpload, S3Client
 from gateway.sweeper import sweep
 from gateway.tokens import TokenSealer
-from tests.gateway_fixtures import TOKEN_SECRET
+from tests.gateway_fixtures import TOKEN_SECRET, gateway_env
 from tests.libclient import LibraryClient
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
@@ -77,13 +77,7 @@ async def test_the_sweeper_aborts_uploads_abandoned_past_their_expiry(
     stack = await start_stack(aiohttp_server, s3_server, uploads=SIX_MIB_PARTS | {"token_ttl_seconds": 6})
     _, grant = await abandoned_upload(stack, session)
     await asyncio.sleep(max(0.0, grant.expires_at - time.time() + 1))  # the token has expired
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | {
-        "GATEWAY_S3_INTERNAL_ENDPOINT": stack.config.s3.internal_endpoint,
-        "GATEWAY_S3_EXTERNAL_ENDPOINT": stack.config.s3.external_endpoint,
-        "GATEWAY_S3_ACCESS_KEY": s3_server.access_key,
-        "GATEWAY_S3_SECRET_KEY": s3_server.secret_key,
-        "GATEWAY_UPLOADS_TOKEN_SECRET": TOKEN_SECRET,
-    }
+    env = gateway_env(stack.config)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

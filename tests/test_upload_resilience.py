@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
+from tests.gateway_fixtures import gateway_env
 from tests.libclient import LibraryClient
 from tests.s3servers import RadosGW, S3Server
 from tests.stack import MIB, free_port, stack_config, start_registry, unique_ref
@@ -154,17 +156,8 @@ async def wait_healthy(url: str, session: aiohttp.ClientSession) -> None:
 
 async def serve_process(s3: S3Server, registry_url: str, port: int) -> asyncio.subprocess.Process:
     config = stack_config(s3, registry_url=registry_url, gateway_port=port)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | {
-        "GATEWAY_SERVER_LISTEN": f"127.0.0.1:{port}",
-        "GATEWAY_SERVER_PUBLIC_URL": config.server.public_url,
-        "GATEWAY_UPSTREAM_URL": registry_url,
-        "GATEWAY_S3_INTERNAL_ENDPOINT": config.s3.internal_endpoint,
-        "GATEWAY_S3_EXTERNAL_ENDPOINT": config.s3.external_endpoint,
-        "GATEWAY_S3_ACCESS_KEY": s3.access_key,
-        "GATEWAY_S3_SECRET_KEY": s3.secret_key,
-        "GATEWAY_UPLOADS_TOKEN_SECRET": config.uploads.token_secret,
-        "GATEWAY_UPLOADS_PART_SIZE": str(config.uploads.part_size),
-    }
+    config = replace(config, server=replace(config.server, listen=f"127.0.0.1:{port}"))
+    env = gateway_env(config)
     return await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "serve", env=env)
 
 
