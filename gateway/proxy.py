@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Final, Literal, cast
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Config
@@ -41,7 +41,6 @@ __all__ = [
     "ResponseHead",
     "UpstreamPool",
     "UpstreamReply",
-    "end_to_end_headers",
     "parse_response_head",
 ]
 
@@ -70,14 +69,6 @@ MAX_HEAD_BYTES: Final = 64 * 1024  # an answer's status line and headers
 QUEUE_HIGH_BYTES: Final = 1024 * 1024  # answer bytes queued before the upstream connection stops reading
 QUEUE_LOW_BYTES: Final = 256 * 1024
 MAX_FETCH_BYTES: Final = 1024 * 1024  # answers the gateway reads whole to edit (image metadata)
-
-
-def end_to_end_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-    """Drop hop-by-hop headers, including every header named in Connection (RFC 9110 §7.6.1)."""
-    named = {token.strip().lower() for value in headers.getall("Connection", ()) for token in value.split(",")}
-    return CIMultiDict(
-        (name, value) for name, value in headers.items() if name.lower() not in HOP_BY_HOP and name.lower() not in named
-    )
 
 
 # -- HTTP/1.1 answers, parsed without I/O ---------------------------------------------------------------------
