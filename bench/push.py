@@ -24,10 +24,11 @@ from aiohttp.test_utils import TestServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.app import create_app  # noqa: E402
+from gateway.app import Gateway  # noqa: E402
 from gateway.client.push import PushOptions, push  # noqa: E402
 from gateway.client.refs import parse_ref  # noqa: E402
 from gateway.sigv4 import Credentials, Endpoint, Signer  # noqa: E402
+from tests.gateway_fixtures import GatewayTestServer  # noqa: E402
 from tests.realclient import RealClient, build_realclient  # noqa: E402
 from tests.registry import make_registry_app  # noqa: E402
 from tests.s3_fixtures import BUCKET, serving  # noqa: E402
@@ -87,7 +88,7 @@ async def main() -> None:
             port=registry_port,
         )
         config = stack_config(s3, registry_url=registry_url, gateway_port=gateway_port, uploads={"part_size": 64 * MIB})
-        gateway = TestServer(create_app(config), port=gateway_port)
+        gateway = GatewayTestServer(Gateway(config), port=gateway_port)
         await registry.start_server()
         await gateway.start_server()
         try:

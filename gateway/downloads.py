@@ -44,12 +44,12 @@ class Downloads:
     def handles(self, method: str, path: str) -> bool:
         return self.enabled and method == "GET" and path.startswith((IMAGEFILE_PREFIX, IMAGE_PREFIX))
 
-    async def answer(self, request: web.Request, path: str) -> web.StreamResponse:
+    async def answer(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         if path.startswith(IMAGEFILE_PREFIX):
             return await self.forwarder.forward(request, redirect_status=303)
         return await self.image(request)
 
-    async def image(self, request: web.Request) -> web.StreamResponse:
+    async def image(self, request: web.BaseRequest) -> web.StreamResponse:
         """The image JSON, with ``size`` filled in from S3 where the registry left it empty."""
         reply = await self.forwarder.fetch(request, request.raw_path)
         document = _json_object(reply) if reply.status == 200 else None
@@ -62,7 +62,7 @@ class Downloads:
         data["size"] = size
         return _passthrough(reply, json.dumps(document, separators=(",", ":")).encode())
 
-    async def object_size(self, request: web.Request) -> int | None:
+    async def object_size(self, request: web.BaseRequest) -> int | None:
         """The size of the object the registry's download redirect for this image points at, if it is in our S3."""
         imagefile = IMAGEFILE_PREFIX + request.raw_path[len(IMAGE_PREFIX) :]
         try:

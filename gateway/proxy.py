@@ -69,6 +69,7 @@ MAX_HEAD_BYTES: Final = 64 * 1024  # an answer's status line and headers
 QUEUE_HIGH_BYTES: Final = 1024 * 1024  # answer bytes queued before the upstream connection stops reading
 QUEUE_LOW_BYTES: Final = 256 * 1024
 MAX_FETCH_BYTES: Final = 1024 * 1024  # answers the gateway reads whole to edit (image metadata)
+CONTINUE_WAIT_S: Final = 1.0  # for the upstream's 100 Continue before telling the client to go on (as curl waits)
 
 
 # -- HTTP/1.1 answers, parsed without I/O ---------------------------------------------------------------------
@@ -251,6 +252,11 @@ def _expire(waiter: asyncio.Future[None], what: str) -> None:
         waiter.set_exception(TimeoutError(what))
 
 
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection: writes a request, parses one answer at a time, queues its body with
     backpressure (reading pauses while the client is slower than the upstream)."""
@@ -267,6 +273,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffer = b""
         self._got_bytes = False
         self._head_waiter: asyncio.Future[None] | None = None
+        self._continued = False  # the upstream said 100 Continue to this request
         self._head_error: BaseException | None = None
         self._body: deque[bytes] = deque()
         self._queued = 0
@@ -339,6 +346,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self.head = None
         self._head_error = None
+        self._continued = False
         self._body.clear()
         self._queued = 0
         self._body_error = None
@@ -375,9 +383,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._drain_waiter = None
 
     async def read_head(self, timeout_s: float) -> ResponseHead:
-        if self.head is None and self._head_error is None:
+        deadline = self.loop.time() + timeout_s
+        while self.head is None and self._head_error is None:  # an interim 100 Continue wakes it early
             waiter = self._head_waiter = self.loop.create_future()
-            timer = self.loop.call_later(timeout_s, _expire, waiter, "no answer from the upstream in time")
+            timer = self.loop.call_at(deadline, _expire, waiter, "no answer from the upstream in time")
             try:
                 await waiter
             finally:
@@ -387,6 +396,18 @@ class UpstreamConnection(asyncio.Protocol):
             raise self._head_error
         assert self.head is not None
         return self.head
+
+    async def wait_for_continue(self, timeout_s: float) -> bool:
+        """Whether the upstream said 100 Continue (or answered already) within ``timeout_s``."""
+        if not (self._continued or self.answering()):
+            waiter = self._head_waiter = self.loop.create_future()
+            timer = self.loop.call_later(timeout_s, _settle, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._head_waiter = None
+        return self._continued or self.answering()
 
     def complete_body(self) -> bytes | None:
         """The whole body when it has arrived already (small answers), else None."""
@@ -452,6 +473,9 @@ class UpstreamConnection(asyncio.Protocol):
                     self._fail_head(ProtocolError("upstream switched protocols, which the gateway never asks for"))
                     return
                 self._buffer = rest  # an interim answer (100 Continue, 103): the final one follows
+                if head.status == 100:
+                    self._continued = True
+                    self._wake_head()
                 continue
             self._buffer = b""
             self.head = head
@@ -723,6 +747,23 @@ def _forwarded_node(value: str) -> str:
     return value or "unknown"
 
 
+def expects_continue(request: web.BaseRequest) -> bool:
+    """An HTTP/1.1 client that waits for 100 Continue before sending its body (RFC 9110 §10.1.1)."""
+    return request.version >= (1, 1) and request.headers.get("Expect", "").strip().lower() == "100-continue"
+
+
+async def send_continue(request: web.BaseRequest) -> None:
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # not part of the answer's size
+
+
+def close_if_body_unread(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """An answer given before the client's body was all read (a refusal, or instead of 100 Continue) closes the
+    connection after it, rather than read a body nobody wants or that never comes (RFC 9110 §10.1.1)."""
+    if not request.content.is_eof():
+        response.force_close()
+
+
 class ClientGone(Exception):
     """The client went away mid-request."""
 
@@ -836,10 +877,11 @@ class Forwarder:
 
     # forwarding
 
-    async def forward(self, request: web.Request, *, redirect_status: int | None = None) -> web.StreamResponse:
+    async def forward(self, request: web.BaseRequest, *, redirect_status: int | None = None) -> web.StreamResponse:
         """Forward ``request`` and stream the answer back; ``redirect_status`` replaces a redirect's status."""
         chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-        streamed = chunked or (request.content_length or 0) > SMALL_BODY_BYTES
+        expect_continue = request.body_exists and expects_continue(request)
+        streamed = chunked or expect_continue or (request.content_length or 0) > SMALL_BODY_BYTES
         body = b""
         if request.body_exists and not streamed:
             try:
@@ -848,12 +890,14 @@ class Forwarder:
                 return web.Response(status=499, reason="Client Closed Request")
         head_bytes = self.request_head(request, chunked=chunked)
         try:
-            conn, head = await self._exchange(request, head_bytes, body, streamed=streamed, chunked=chunked)
+            conn, head = await self._exchange(
+                request, head_bytes, body, streamed=streamed, chunked=chunked, expect_continue=expect_continue
+            )
         except ClientGone:
             return web.Response(status=499, reason="Client Closed Request")
         return await self._respond(request, conn, head, redirect_status)
 
-    async def fetch(self, request: web.Request, raw_path: str, *, rewrite_location: bool = True) -> UpstreamReply:
+    async def fetch(self, request: web.BaseRequest, raw_path: str, *, rewrite_location: bool = True) -> UpstreamReply:
         """GET ``raw_path`` upstream with the client's headers and read the answer whole (at most 1 MiB)."""
         head_bytes = self.request_head(request, method="GET", raw_path=raw_path, chunked=False, with_body=False)
         conn, head = await self._exchange(request, head_bytes, b"", streamed=False, chunked=False, method="GET")
@@ -878,12 +922,13 @@ class Forwarder:
 
     async def _exchange(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         head_bytes: bytes,
         body: bytes,
         *,
         streamed: bool,
         chunked: bool,
+        expect_continue: bool = False,
         method: str | None = None,
     ) -> tuple[UpstreamConnection, ResponseHead]:
         """Send the request and wait for the answer's head; a reused connection the upstream had closed meanwhile
@@ -902,6 +947,8 @@ class Forwarder:
                 try:
                     if streamed:
                         conn.write(head_bytes)
+                        if expect_continue:
+                            await self._relay_continue(request, conn)
                         await self._send_stream(request, conn, chunked)
                     else:
                         conn.write(head_bytes + body if body else head_bytes)
@@ -932,7 +979,14 @@ class Forwarder:
             return conn, head
         raise AssertionError("unreachable")
 
-    async def _send_stream(self, request: web.Request, conn: UpstreamConnection, chunked: bool) -> None:
+    async def _relay_continue(self, request: web.BaseRequest, conn: UpstreamConnection) -> None:
+        """The client waits for 100 Continue before its body: pass on the upstream's, or say it ourselves when the
+        upstream stays silent (it may not know the expectation). A final answer instead goes back unread."""
+        await conn.wait_for_continue(CONTINUE_WAIT_S)
+        if not conn.answering():
+            await send_continue(request)
+
+    async def _send_stream(self, request: web.BaseRequest, conn: UpstreamConnection, chunked: bool) -> None:
         content = request.content
         idle = self.idle_timeout_s
         while not conn.answering():
@@ -973,7 +1027,7 @@ class Forwarder:
         return headers
 
     async def _respond(
-        self, request: web.Request, conn: UpstreamConnection, head: ResponseHead, redirect_status: int | None
+        self, request: web.BaseRequest, conn: UpstreamConnection, head: ResponseHead, redirect_status: int | None
     ) -> web.StreamResponse:
         headers = self.response_headers(head)
         status, reason = head.status, head.reason or None
@@ -982,17 +1036,20 @@ class Forwarder:
         if request.method == "HEAD" or status in (204, 304):
             response = web.StreamResponse(status=status, reason=reason, headers=headers)
             self.pool.release(conn)
+            close_if_body_unread(request, response)
             await response.prepare(request)
             await response.write_eof()
             return response
         whole = conn.complete_body()
         if whole is not None:
             self.pool.release(conn)
-            return web.Response(status=status, reason=reason, headers=headers, body=whole)
-        return await self._stream_back(request, conn, web.StreamResponse(status=status, reason=reason, headers=headers))
+            return web.Response(status=status, reason=reason, headers=headers, body=whole)  # not prepared yet
+        response = web.StreamResponse(status=status, reason=reason, headers=headers)
+        close_if_body_unread(request, response)
+        return await self._stream_back(request, conn, response)
 
     async def _stream_back(
-        self, request: web.Request, conn: UpstreamConnection, response: web.StreamResponse
+        self, request: web.BaseRequest, conn: UpstreamConnection, response: web.StreamResponse
     ) -> web.StreamResponse:
         if "Content-Length" not in response.headers and request.version >= (1, 1):
             response.enable_chunked_encoding()

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from .downloads import Downloads
 from .errors import InvalidRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, UpstreamUnavailable
 from .logs import UPLOAD_FIELDS
-from .proxy import Forwarder, ForwardingPolicy
+from .proxy import Forwarder, ForwardingPolicy, expects_continue, send_continue
 from .registry import json_or_none
 from .service import UploadService
 from .tokens import credential_of
@@ -31,17 +31,19 @@ log = logging.getLogger("gateway.routes")
 MAX_JSON_BODY: Final = 1024 * 1024  # intercepted routes carry small JSON bodies
 DISCOVERY_PATH: Final = "/assets/config/config.prod.json"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-UploadHandler = Callable[[web.Request, str], Awaitable[Any]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+UploadHandler = Callable[[web.BaseRequest, str], Awaitable[Any]]
 
 
 def data_response(data: Any, *, status: int = 200) -> web.Response:
     return web.json_response({"data": data}, status=status)
 
 
-async def read_small_body(request: web.Request) -> bytes:
+async def read_small_body(request: web.BaseRequest) -> bytes:
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
+    if request.body_exists and expects_continue(request):
+        await send_continue(request)
     # read(n) returns what has arrived so far, not n bytes: loop until the end of the body or past the cap.
     body = bytearray()
     while chunk := await request.content.read(MAX_JSON_BODY + 1 - len(body)):
@@ -51,7 +53,7 @@ async def read_small_body(request: web.Request) -> bytes:
     return bytes(body)
 
 
-def registry_headers(request: web.Request, policy: ForwardingPolicy) -> CIMultiDict[str]:
+def registry_headers(request: web.BaseRequest, policy: ForwardingPolicy) -> CIMultiDict[str]:
     """Headers for the gateway's own calls to the registry on behalf of a client: its credentials and identity.
 
     The client's X-Forwarded-For is believed only from a trusted proxy, as when forwarding (the registry's
@@ -77,7 +79,7 @@ class Handlers:
             "_multipart_abort": {"PUT": self.abort},
         }
 
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
         if not path.startswith("/"):
             # Absolute-form targets (http://host/...) would be glued onto the upstream origin by the forwarder.
@@ -111,7 +113,7 @@ class Handlers:
             return self.method_not_allowed
         return handler
 
-    async def _logged(self, request: web.Request, handler: UploadHandler, raw_id: str) -> web.StreamResponse:
+    async def _logged(self, request: web.BaseRequest, handler: UploadHandler, raw_id: str) -> web.StreamResponse:
         started = time.perf_counter()
         outcome = "error"
         fields: dict[str, object] = {}
@@ -136,7 +138,7 @@ class Handlers:
 
     # -- the library API's upload routes ----------------------------------------------------------------
 
-    async def start(self, request: web.Request, image_id: str) -> web.Response:
+    async def start(self, request: web.BaseRequest, image_id: str) -> web.Response:
         body = await read_small_body(request)
         if not self.service.config.uploads.multipart:
             # The client's clean fallback to the legacy single upload (PROTOCOL.md §4).
@@ -146,25 +148,25 @@ class Handlers:
         )
         return data_response(answer)
 
-    async def presign_part(self, request: web.Request, image_id: str) -> web.Response:
+    async def presign_part(self, request: web.BaseRequest, image_id: str) -> web.Response:
         body = await read_small_body(request)
         return data_response(self.service.presign_part(image_id, body, credential=_credential(request)))
 
-    async def complete(self, request: web.Request, image_id: str) -> web.Response:
+    async def complete(self, request: web.BaseRequest, image_id: str) -> web.Response:
         body = await read_small_body(request)
         answer = await self.service.complete(
             image_id, body, headers=registry_headers(request, self.forwarder.policy), credential=_credential(request)
         )
         return web.json_response(answer)
 
-    async def abort(self, request: web.Request, image_id: str) -> web.Response:
+    async def abort(self, request: web.BaseRequest, image_id: str) -> web.Response:
         body = await read_small_body(request)
         return web.json_response(await self.service.abort(image_id, body, credential=_credential(request)))
 
-    async def method_not_allowed(self, request: web.Request, image_id: str) -> web.Response:
+    async def method_not_allowed(self, request: web.BaseRequest, image_id: str) -> web.Response:
         raise MethodNotAllowed(f"{request.method} is not allowed here")
 
-    async def legacy_start(self, request: web.Request, image_id: str) -> web.Response:
+    async def legacy_start(self, request: web.BaseRequest, image_id: str) -> web.Response:
         body = await read_small_body(request)
         legacy = LegacyStartRequest.parse(body)  # sregistry answers malformed JSON with a 500 page (G4)
         headers = registry_headers(request, self.forwarder.policy)
@@ -177,7 +179,7 @@ class Handlers:
 
     # -- endpoint discovery ------------------------------------------------------------------------------
 
-    async def discovery(self, request: web.Request) -> web.Response:
+    async def discovery(self, request: web.BaseRequest) -> web.Response:
         answer = await self.forwarder.fetch(request, request.raw_path)
         document = json_or_none(answer.body)  # parsed whatever its Content-Type (sregistry: text/html, G5)
         if answer.status != 200 or not isinstance(document, dict):
@@ -197,7 +199,7 @@ class Handlers:
 
     # -- the gateway's own prefix ------------------------------------------------------------------------
 
-    async def gateway_route(self, request: web.Request, path: str) -> web.StreamResponse:
+    async def gateway_route(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         if path == "/_gateway/healthz" and request.method in ("GET", "HEAD"):
             return web.json_response({"status": "ok"})
         if path == "/_gateway/readyz" and request.method in ("GET", "HEAD"):
@@ -247,6 +249,8 @@ def route_class(method: str, raw_path: str) -> str:
 def _disguised_multipart_route(raw_path: str) -> bool:
     """A path that is not written as a multipart route but that a registry could decode and normalise into one
     (``%5Fmultipart_abort``, ``//v2/...``, ``/x/../``, a trailing slash): never forwarded."""
+    if "%" not in raw_path and "_multipart" not in raw_path:
+        return False  # nothing decodes into a multipart route: the common case, without the work below
     segments: list[str] = []
     for segment in unquote(raw_path).split("/"):
         if segment in ("", "."):
@@ -267,7 +271,7 @@ def loggable_path(raw_path: str) -> str:
     return path[:512]
 
 
-def _credential(request: web.Request) -> str:
+def _credential(request: web.BaseRequest) -> str:
     return credential_of(request.headers.get("Authorization"))
 
 

@@ -18,7 +18,7 @@ from types import FrameType
 
 from aiohttp import web
 
-from .app import create_app
+from .app import Gateway, GatewayRunner
 from .config import Config, masked
 from .logs import setup_logging
 
@@ -58,19 +58,23 @@ def use_event_loop(choice: str) -> str:
 def run_worker(config: Config, *, reuse_port: bool) -> None:
     loop = use_event_loop(config.server.event_loop)
     log.info("serving", extra={"event": "serving", "listen": config.server.listen, "loop": loop})
-    # run_app stops accepting on SIGTERM/SIGINT and lets in-flight requests finish within the grace period.
-    web.run_app(
-        create_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        shutdown_timeout=config.server.shutdown_grace_seconds,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-        reuse_port=reuse_port or None,
-        # A client that hangs up cancels its handler, so the forwarder drops the upstream request too.
-        handler_cancellation=True,
-    )
+    asyncio.run(_serve(config, reuse_port=reuse_port))
+
+
+async def _serve(config: Config, *, reuse_port: bool) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting and let in-flight requests finish within the grace period."""
+    runner = GatewayRunner(Gateway(config), shutdown_timeout=config.server.shutdown_grace_seconds)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port or None)
+        await site.start()
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
 
 
 def _worker_main(config: Config) -> None:

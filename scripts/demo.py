@@ -21,7 +21,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.app import create_app  # noqa: E402
+from gateway.app import Gateway, GatewayRunner  # noqa: E402
 from gateway.client.pull import PullOptions, pull  # noqa: E402
 from gateway.client.push import PushOptions, push  # noqa: E402
 from gateway.client.refs import parse_ref  # noqa: E402
@@ -34,8 +34,8 @@ from tests.stack import TOKEN, USER, free_port, registry_settings  # noqa: E402
 MIB = 1024 * 1024
 
 
-async def start(app: web.Application, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
+async def start(app: web.Application | Gateway, port: int) -> web.BaseRunner:
+    runner = web.AppRunner(app, access_log=None) if isinstance(app, web.Application) else GatewayRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner
@@ -69,7 +69,7 @@ async def demo(args: argparse.Namespace, s3: SeaweedFS, workdir: Path) -> None:
             "GATEWAY_UPLOADS_PART_SIZE": str(16 * MIB),
         },
     )
-    runners = [await start(registry, registry_port), await start(create_app(config), gateway_port)]
+    runners = [await start(registry, registry_port), await start(Gateway(config), gateway_port)]
     try:
         print(f"S3 (SeaweedFS, on disk)  {s3.endpoint}  bucket {BUCKET!r}; clients see it as localhost")
         print(f"registry (sregistry fake) {registry_url}")

@@ -1,4 +1,4 @@
-"""Building a gateway config and app for tests: one place, so every test states only what differs."""
+"""Building a gateway config and serving it for tests: one place, so every test states only what differs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import os
 from dataclasses import asdict, fields, replace
 from typing import Any
 
+from aiohttp.test_utils import BaseTestServer
+from aiohttp.web import BaseRunner
+
+from gateway.app import Gateway, GatewayRunner
 from gateway.config import Config, load_config
 
 TOKEN_SECRET = "test-token-secret-0123456789"
@@ -51,3 +55,15 @@ def gateway_env(config: Config) -> dict[str, str]:
                 text = str(value)
             env[f"GATEWAY_{section.name}_{key}".upper()] = text
     return env
+
+
+class GatewayTestServer(BaseTestServer):
+    """aiohttp's test server around a gateway, run by the production runner (GatewayRunner): usable with the
+    ``aiohttp_client`` fixture, or started on a port with the ``aiohttp_server`` fixture (conftest.py)."""
+
+    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gateway = gateway
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return GatewayRunner(self.gateway, **kwargs)

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
+from gateway.app import Gateway
 from gateway.config import Config
 from tests.gateway_fixtures import gateway_config
 from tests.registry import REQUEST_LOG, STATE, Flavour, RegistrySettings, make_registry_app
@@ -110,6 +110,6 @@ async def start_stack(
     registry, registry_url = await start_registry(aiohttp_server, s3, flavour=flavour, **(registry_settings or {}))
     gateway_port = free_port()
     config = stack_config(s3, registry_url=registry_url, gateway_port=gateway_port, **sections)
-    gateway = create_app(config)
+    gateway = Gateway(config)
     await aiohttp_server(gateway, port=gateway_port)
     return Stack(s3, registry, registry_url, gateway, f"http://127.0.0.1:{gateway_port}", config, flavour)

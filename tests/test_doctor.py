@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from gateway.app import create_app
+from gateway.app import Gateway
 from gateway.config import Config
 from gateway.doctor import Status, run_doctor
 from tests.s3_fixtures import BUCKET
@@ -52,7 +52,7 @@ async def configured(aiohttp_server: Any, server: S3Server, /, **sections: dict[
 
 
 async def start_gateway(aiohttp_server: Any, config: Config) -> None:
-    await aiohttp_server(create_app(config), port=URL(config.server.public_url).port)
+    await aiohttp_server(Gateway(config), port=URL(config.server.public_url).port)
 
 
 def leftover_probes(s3: S3Server) -> list[str]:

@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.app import create_app
-from tests.gateway_fixtures import gateway_config
+from gateway.app import Gateway
+from tests.gateway_fixtures import GatewayTestServer, gateway_config
 from tests.proxy_harness import RawUpstream
 
 Seen = list[dict[str, Any]]
@@ -69,7 +69,7 @@ def recording_upstream(seen: Seen) -> web.Application:
 
 
 async def start_gateway(aiohttp_client: Client, upstream_url: str, **sections: dict[str, Any]) -> Any:
-    return await aiohttp_client(create_app(gateway_config(upstream_url=upstream_url, **sections)))
+    return await aiohttp_client(GatewayTestServer(Gateway(gateway_config(upstream_url=upstream_url, **sections))))
 
 
 @pytest.fixture

@@ -37,11 +37,11 @@ from urllib.parse import quote, unquote
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.app import create_app
+from gateway.app import Gateway
 from gateway.config import MAX_PART_SIZE
 from gateway.errors import InvalidRequest
 from gateway.logs import REDACT_PARSER_ERRORS, JsonFormatter
@@ -57,7 +57,7 @@ from gateway.uploads import (
     StartRequest,
     check_image_id,
 )
-from tests.gateway_fixtures import TOKEN_SECRET
+from tests.gateway_fixtures import TOKEN_SECRET, GatewayTestServer
 from tests.libclient import LibraryClient
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
@@ -85,14 +85,18 @@ class LoopThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="hostile-input-stack", daemon=True)
         self._thread.start()
-        self._servers: list[TestServer] = []
+        self._servers: list[BaseTestServer] = []
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT_S) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
-    async def serve(self, app: web.Application, *, port: int) -> TestServer:
-        """start_stack's ``aiohttp_server``: a TestServer on a loopback port, closed by close()."""
-        server = TestServer(app, host="127.0.0.1", port=port)
+    async def serve(self, app: web.Application | Gateway, *, port: int) -> BaseTestServer:
+        """start_stack's ``aiohttp_server``: a test server on a loopback port, closed by close()."""
+        server: BaseTestServer = (
+            TestServer(app, host="127.0.0.1", port=port)
+            if isinstance(app, web.Application)
+            else GatewayTestServer(app, host="127.0.0.1", port=port)
+        )
         await server.start_server()
         self._servers.append(server)
         return server
@@ -155,7 +159,7 @@ class Target:
         config = self.stack.config
         config = replace(config, uploads=replace(config.uploads, **uploads))
         port = free_port()
-        self.loop.run(self.loop.serve(create_app(config, clock=clock), port=port))
+        self.loop.run(self.loop.serve(Gateway(config, clock=clock), port=port))
         return port
 
 

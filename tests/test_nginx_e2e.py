@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from gateway.app import create_app
+from gateway.app import Gateway
 from gateway.config import Config
 from gateway.doctor import Status, run_doctor
 from tests.nginx_harness import LOOPBACK, NginxProcess, free_port, render_and_start_nginx
@@ -93,7 +93,7 @@ async def deployment(aiohttp_server: Any, s3_server: S3Server, tmp_path: Path) -
     replicas = {}
     for name in REPLICAS:
         port = free_port()
-        await aiohttp_server(create_app(config), port=port)  # the same config, so the same token secret
+        await aiohttp_server(Gateway(config), port=port)  # the same config, so the same token secret
         replicas[name] = f"http://{LOOPBACK}:{port}"
     nginx = await asyncio.to_thread(
         render_and_start_nginx,

@@ -7,8 +7,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.app import create_app
+from gateway.app import Gateway
 from gateway.routes import route_class
+from tests.gateway_fixtures import GatewayTestServer
 from tests.libclient import LibraryClient
 from tests.s3servers import S3Server
 from tests.stack import free_port, stack_config, start_registry, start_stack
@@ -26,7 +27,7 @@ async def test_readyz_answers_503_json_naming_the_unreachable_registry(
     aiohttp_client: Any, seaweedfs: S3Server
 ) -> None:
     config = stack_config(seaweedfs, registry_url=f"http://127.0.0.1:{free_port()}", gateway_port=8080)
-    client = await aiohttp_client(create_app(config))
+    client = await aiohttp_client(GatewayTestServer(Gateway(config)))
     response = await client.get("/_gateway/readyz")
     assert response.status == 503
     error = (await response.json())["error"]
@@ -40,7 +41,7 @@ async def test_readyz_answers_503_when_the_bucket_is_missing(
     config = stack_config(
         seaweedfs, registry_url=stack_registry, gateway_port=8080, s3={"bucket": "no-such-bucket-here"}
     )
-    client = await aiohttp_client(create_app(config))
+    client = await aiohttp_client(GatewayTestServer(Gateway(config)))
     async with client.get("/_gateway/readyz") as response:
         assert response.status == 503
         assert "no-such-bucket-here" in (await response.json())["error"]["message"]

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app
-from tests.gateway_fixtures import gateway_config
+from gateway.app import Gateway
+from tests.gateway_fixtures import GatewayTestServer, gateway_config
 
 Client = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -110,7 +110,7 @@ async def upstream(aiohttp_server: ServerFactory) -> Any:
 
 async def start_gateway(aiohttp_client: Client, upstream: Any, **upstream_settings: Any) -> Any:
     config = gateway_config(upstream_url=upstream.url, upstream=upstream_settings)
-    return await aiohttp_client(create_app(config))
+    return await aiohttp_client(GatewayTestServer(Gateway(config)))
 
 
 async def test_a_client_aborting_mid_upload_aborts_the_upstream_request(upstream: Any, aiohttp_client: Client) -> None:
@@ -213,7 +213,9 @@ async def test_an_upstream_refusing_an_upload_early_gets_its_answer_to_the_clien
     server = await asyncio.start_server(refuse, "127.0.0.1", 0)
     try:
         port = server.sockets[0].getsockname()[1]
-        gateway = await aiohttp_client(create_app(gateway_config(upstream_url=f"http://127.0.0.1:{port}")))
+        gateway = await aiohttp_client(
+            GatewayTestServer(Gateway(gateway_config(upstream_url=f"http://127.0.0.1:{port}")))
+        )
         body = io.BytesIO(b"b" * (8 * MIB))
         response = await gateway.put("/v1/imagefile/1", data=body, skip_auto_headers={"Content-Type"})
         assert (response.status, await response.read()) == (413, b"too big!")

@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app
-from tests.gateway_fixtures import gateway_config
+from gateway.app import Gateway
+from tests.gateway_fixtures import GatewayTestServer, gateway_config
 from tests.registry import REQUEST_LOG, RegistrySettings, make_registry_app
 
 Client = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -24,7 +24,7 @@ async def registry_and_gateway(
 ) -> tuple[web.Application, Any]:
     registry = make_registry_app(RegistrySettings(flavour="selfhosted", **settings))
     server = await aiohttp_server(registry)
-    gateway = await aiohttp_client(create_app(gateway_config(upstream_url=str(server.make_url("")))))
+    gateway = await aiohttp_client(GatewayTestServer(Gateway(gateway_config(upstream_url=str(server.make_url(""))))))
     return registry, gateway
 
 
@@ -101,7 +101,7 @@ async def test_sequential_requests_reuse_one_upstream_connection(
 ) -> None:
     peers: list[tuple[str, int]] = []
     upstream = await aiohttp_server(peer_recording_upstream(peers, [0, 0]))
-    gateway = await aiohttp_client(create_app(gateway_config(upstream_url=str(upstream.make_url("")))))
+    gateway = await aiohttp_client(GatewayTestServer(Gateway(gateway_config(upstream_url=str(upstream.make_url(""))))))
     for _ in range(20):
         response = await gateway.get("/version", headers={"Connection": "close"})
         assert await response.text() == "ok"
@@ -115,7 +115,7 @@ async def test_concurrent_requests_beyond_the_pool_size_wait_for_a_connection(
     active = [0, 0]
     upstream = await aiohttp_server(peer_recording_upstream(peers, active, delay_s=0.1))
     config = gateway_config(upstream_url=str(upstream.make_url("")), upstream={"pool_size": 2})
-    gateway = await aiohttp_client(create_app(config))
+    gateway = await aiohttp_client(GatewayTestServer(Gateway(config)))
 
     async def one() -> int:
         response = await gateway.get("/version")

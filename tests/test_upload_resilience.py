@@ -13,8 +13,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
-from tests.gateway_fixtures import gateway_env
+from gateway.app import Gateway
+from tests.gateway_fixtures import GatewayTestServer, gateway_env
 from tests.libclient import LibraryClient
 from tests.s3servers import RadosGW, S3Server
 from tests.stack import MIB, free_port, stack_config, start_registry, unique_ref
@@ -25,7 +25,7 @@ FILE_SHA = hashlib.sha256(FILE).hexdigest()
 
 async def start_gateway(s3: S3Server, registry_url: str, port: int | None = None) -> tuple[TestServer, str]:
     port = port or free_port()
-    server = TestServer(create_app(stack_config(s3, registry_url=registry_url, gateway_port=port)), port=port)
+    server = GatewayTestServer(Gateway(stack_config(s3, registry_url=registry_url, gateway_port=port)), port=port)
     await server.start_server()
     return server, f"http://127.0.0.1:{port}"
 
@@ -210,7 +210,7 @@ async def test_a_slow_registry_at_start_answers_504_within_the_configured_timeou
         gateway_port=port,
         upstream={"read_timeout_seconds": 0.5},
     )
-    server = TestServer(create_app(config), port=port)
+    server = GatewayTestServer(Gateway(config), port=port)
     await server.start_server()
     try:
         answer = await LibraryClient(session, f"http://127.0.0.1:{port}").start("1", len(FILE))
