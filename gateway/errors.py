@@ -1,6 +1,6 @@
 """The gateway's one error hierarchy.
 
-Handlers raise; a single middleware (gateway.app) renders every GatewayError as
+Handlers raise; one place (Gateway.error_answer in gateway.app) renders every GatewayError as
 ``{"error":{"code":<status>,"message":"..."}}``, the shape the library client prints.
 
     GatewayError                     500
