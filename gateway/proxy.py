@@ -107,7 +107,8 @@ class ResponseHead:
 
 def parse_response_head(block: bytes) -> ResponseHead:
     """The status line and header fields of one answer: ``block`` is everything before the blank line."""
-    lines = block.split(b"\r\n")
+    # Decoded once as latin-1 (one character per byte, so nothing is lost): string work from here on.
+    lines = block.decode("latin-1").split("\r\n")
     minor, status, reason = _status_line(lines[0])
     headers: list[tuple[str, str]] = []
     content_length: int | None = None
@@ -116,35 +117,33 @@ def parse_response_head(block: bytes) -> ResponseHead:
     tokens: set[str] = set()
     hop_by_hop = False
     for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
-            # obs-fold (RFC 9112 §5.2): a proxy replaces it with a space.
-            if not headers:
-                raise ProtocolError("header continuation before any header")
-            name_text, value_text = headers[-1]
-            headers[-1] = (name_text, f"{value_text} {line.strip().decode('latin-1')}")
-            continue
-        name, colon, value = line.partition(b":")
-        if not colon or not name or b" " in name or b"\t" in name:
+        name, colon, value = line.partition(":")
+        if not colon or not name or " " in name or "\t" in name:
+            if line[:1] in (" ", "\t") and headers:
+                # obs-fold (RFC 9112 §5.2): a proxy replaces it with a space.
+                headers[-1] = (headers[-1][0], f"{headers[-1][1]} {line.strip(_OWS)}")
+                continue
             # No whitespace before the colon (RFC 9112 §5.1): a classic request smuggling vector.
             raise ProtocolError(f"bad header line {line[:80]!r}")
-        value = value.strip(b" \t")
+        value = value.strip(_OWS)
         lowered = name.lower()
-        if lowered == b"content-length":
-            content_length = _content_length(value, content_length)
-        elif lowered == b"transfer-encoding":
-            transfer_coded = True
-            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-        elif lowered == b"connection":
-            tokens.update(token.strip().lower().decode("latin-1") for token in value.split(b","))
-        if lowered in _HOP_BY_HOP_BYTES:
+        if lowered in _FRAMING_NAMES:
+            if lowered == "content-length":
+                content_length = _content_length(value, content_length)
+            elif lowered == "transfer-encoding":
+                transfer_coded = True
+                chunked = value.rsplit(",", 1)[-1].strip(_OWS).lower() == "chunked"
+            else:
+                tokens.update(token.strip(_OWS).lower() for token in value.split(","))
+        if lowered in HOP_BY_HOP:
             hop_by_hop = True
-        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        headers.append((name, value))
     if transfer_coded:
         content_length = None  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3)
-    keep_alive = "close" not in tokens if minor == b"1" else "keep-alive" in tokens
+    keep_alive = "close" not in tokens if minor == "1" else "keep-alive" in tokens
     return ResponseHead(
         status=int(status),
-        reason=reason.decode("latin-1"),
+        reason=reason,
         headers=headers,
         content_length=content_length,
         chunked=chunked,
@@ -154,20 +153,24 @@ def parse_response_head(block: bytes) -> ResponseHead:
     )
 
 
-def _status_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+_FRAMING_NAMES: Final = frozenset({"content-length", "transfer-encoding", "connection"})
+_OWS: Final = " \t"  # optional whitespace (RFC 9110 §5.6.3); str.strip() alone would also take \x85 and \xa0
+
+
+def _status_line(line: str) -> tuple[str, str, str]:
     """(minor version, status, reason) of ``HTTP/1.x NNN reason``."""
-    if line[:7] == b"HTTP/1." and line[8:9] == b" " and line[9:12].isdigit() and line[12:13] in (b" ", b""):
+    if line[:7] == "HTTP/1." and line[8:9] == " " and line[9:12].isdigit() and line[12:13] in (" ", ""):
         minor, status = line[7:8], line[9:12]
-        if minor in (b"0", b"1") and status[0:1] != b"0":
+        if minor in ("0", "1") and status[0] != "0" and status.isascii():
             return minor, status, line[13:]
     raise ProtocolError(f"bad status line {line[:80]!r}")
 
 
-def _content_length(value: bytes, earlier: int | None) -> int:
-    if earlier is None and value.isdigit():
+def _content_length(value: str, earlier: int | None) -> int:
+    if earlier is None and value.isdigit() and value.isascii():
         return int(value)
-    values = {item.strip() for item in value.split(b",")}
-    if len(values) != 1 or not all(item.isdigit() for item in values):
+    values = {item.strip(_OWS) for item in value.split(",")}
+    if len(values) != 1 or not all(item.isdigit() and item.isascii() for item in values):
         raise ProtocolError(f"bad Content-Length {value[:40]!r}")
     length = int(values.pop())
     if earlier is not None and earlier != length:
@@ -738,7 +741,7 @@ _REPLACED_BYTES: Final = frozenset({b"host", b"x-request-id"})
 
 
 def _connection_tokens(values: Iterable[str]) -> frozenset[bytes]:
-    return frozenset(token.strip().lower().encode("latin-1") for value in values for token in value.split(","))
+    return frozenset(token.strip(_OWS).lower().encode("latin-1") for value in values for token in value.split(","))
 
 
 def _forwarded_node(value: str) -> str:

@@ -58,6 +58,11 @@ def test_repeated_equal_content_lengths_are_one() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: -1",
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2",
         b"HTTP/1.1 200 OK\r\n folded-first: x",
+        # Bytes that are digits or whitespace only to a Unicode-minded parser (latin-1 superscripts, NBSP, NEL):
+        b"HTTP/1.1 \xb200 OK",
+        b"HTTP/1.1 200 OK\r\nContent-Length: \xb2",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\xa0",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\x85",
     ],
 )
 def test_malformed_heads_are_refused(block: bytes) -> None:
