@@ -159,8 +159,7 @@ class Gateway:
 
     def observe(self, request: web.BaseRequest, status: str, elapsed: float) -> None:
         route = route_class(request.method, request.raw_path)
-        self.metrics.requests.inc(route=route, status=status)
-        self.metrics.latency.observe(elapsed, route=route)
+        self.metrics.answered(route, status, elapsed)
         if access_log.isEnabledFor(logging.INFO):  # the fields cost more than the check
             access_log.info(
                 "request",

@@ -51,8 +51,10 @@ class Histogram:
         self.sums: dict[Labels, float] = defaultdict(float)
 
     def observe(self, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        counts = self.counts.setdefault(key, [0] * (len(self.buckets) + 1))
+        self.observe_labelled(tuple(sorted(labels.items())), value)
+
+    def observe_labelled(self, key: Labels, value: float) -> None:
+        counts = self.counts.get(key) or self.counts.setdefault(key, [0] * (len(self.buckets) + 1))
         counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sums[key] += value
 
@@ -81,6 +83,11 @@ class Metrics:
         self.proxied_bytes = Counter("gateway_proxied_bytes_total", "Body bytes forwarded, by direction.")
         self.upstream_errors = Counter("gateway_upstream_errors_total", "Registry unreachable, timed out or 5xx.")
         self.s3_errors = Counter("gateway_s3_errors_total", "S3 calls that failed, by kind.")
+
+    def answered(self, route: str, status: str, elapsed_s: float) -> None:
+        """One request answered: per request, so the label keys are built as they are stored (sorted by name)."""
+        self.requests.values[(("route", route), ("status", status))] += 1
+        self.latency.observe_labelled((("route", route),), elapsed_s)
 
     def render(self) -> str:
         families = (
