@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +181,57 @@ def upstream(cpus: str = LOAD_CPU) -> Iterator[tuple[int, int]]:
         yield pid, port
 
 
+@contextmanager
+def naive_proxy(upstream_port: int) -> Iterator[tuple[int, str]]:
+    port = free_port()
+    argv = pinned(
+        PROXY_CPU, [PYTHON, str(Path(__file__).resolve()), "--serve-naive-proxy", str(port), str(upstream_port)]
+    )
+    with running(argv, ready_url=f"http://127.0.0.1:{port}/version") as pid:
+        yield pid, f"http://127.0.0.1:{port}/"
+
+
+def serve_naive_proxy(port: int, upstream_port: int) -> None:
+    """The calibration row: the proxy the issue measured as "naive" (aiohttp's server and client, uvloop,
+    streamed both ways, hop-by-hop headers dropped), so this machine's figures can be read against the issue's."""
+    import aiohttp
+    import uvloop
+    from aiohttp import web
+
+    hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization"}
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        session: aiohttp.ClientSession = request.app["session"]
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop_by_hop}
+        async with session.request(
+            request.method,
+            f"http://127.0.0.1:{upstream_port}{request.raw_path}",
+            headers=headers,
+            data=request.content if request.body_exists else None,
+            allow_redirects=False,
+        ) as answer:
+            response = web.StreamResponse(
+                status=answer.status,
+                headers={k: v for k, v in answer.headers.items() if k.lower() not in hop_by_hop},
+            )
+            await response.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        app["session"] = aiohttp.ClientSession(auto_decompress=False)
+        yield
+        await app["session"].close()
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=4096)
+
+
 def serve_upstream(port: int) -> None:
     from aiohttp import web
 
@@ -265,6 +316,7 @@ def run(args: argparse.Namespace) -> None:
         with upstream(LOAD_CPU) as (_, upstream_port):
             targets = {
                 "nginx proxy_pass (1 worker)": lambda: nginx(upstream_port, directory),
+                "naive aiohttp proxy, uvloop": lambda: naive_proxy(upstream_port),
                 "gateway, asyncio": lambda: gateway(upstream_port, SERVER_EVENT_LOOP="asyncio"),
                 "gateway, uvloop": lambda: gateway(upstream_port, SERVER_EVENT_LOOP="uvloop"),
                 "gateway, uvloop, access log on": lambda: gateway(
@@ -308,9 +360,13 @@ def main() -> None:
     parser.add_argument("--workers", action="store_true", help="also server.workers = 2 (see the module doc)")
     parser.add_argument("--only", action="append", default=[], metavar="TARGET", help="measure only these rows")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-naive-proxy", type=int, nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         serve_upstream(args.serve_upstream)
+        return
+    if args.serve_naive_proxy:
+        serve_naive_proxy(*args.serve_naive_proxy)
         return
     run(args)
 
