@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -11,6 +13,7 @@ import secrets
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -101,8 +104,54 @@ class RedactParserErrors(logging.Filter):
 REDACT_PARSER_ERRORS = RedactParserErrors()
 
 
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes the lines logged during one event-loop iteration with one write, instead of a write (a system call,
+    a tenth of a forwarded request's cost here) per access-log line. Warnings and errors, and lines logged outside
+    the event loop's thread, go out at once; at most one loop iteration's info lines wait."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._pending.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING or len(self._pending) >= MAX_BATCHED_LINES:
+            self.flush()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            self._scheduled = False
+            if self._pending:
+                text = "\n".join(self._pending) + "\n"
+                self._pending.clear()
+                try:
+                    self.stream.write(text)
+                    self.stream.flush()
+                except Exception:
+                    self.handleError(logging.makeLogRecord({"msg": "could not write log lines"}))
+
+
+MAX_BATCHED_LINES = 256
+
+
 def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    # Not in the JSON lines, and LogRecord would ask the kernel for the pid of every record.
+    logging.logProcesses = logging.logMultiprocessing = logging.logThreads = False
+    handler = BatchingStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,0 +1,81 @@
+"""The log handler batches the info lines of one event-loop iteration into one write, and writes warnings,
+errors and lines logged outside the loop at once: nothing is lost, only coalesced."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import threading
+
+from gateway.logs import MAX_BATCHED_LINES, BatchingStreamHandler, JsonFormatter
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def logger_writing_to(stream: CountingStream) -> logging.Logger:
+    handler = BatchingStreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"test.batching.{id(stream)}")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def messages(stream: CountingStream) -> list[str]:
+    return [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
+
+
+async def test_info_lines_of_one_loop_iteration_go_out_in_one_write() -> None:
+    stream = CountingStream()
+    log = logger_writing_to(stream)
+    for n in range(3):
+        log.info("request %d", n)
+    assert stream.writes == 0  # not yet: the loop has not come round
+    await asyncio.sleep(0)
+    assert stream.writes == 1
+    assert messages(stream) == ["request 0", "request 1", "request 2"]
+
+
+async def test_a_warning_goes_out_at_once_with_the_lines_before_it() -> None:
+    stream = CountingStream()
+    log = logger_writing_to(stream)
+    log.info("first")
+    log.warning("trouble")
+    assert messages(stream) == ["first", "trouble"]
+
+
+async def test_a_full_batch_is_written_without_waiting_for_the_loop() -> None:
+    stream = CountingStream()
+    log = logger_writing_to(stream)
+    for n in range(MAX_BATCHED_LINES):
+        log.info("line %d", n)
+    assert len(messages(stream)) == MAX_BATCHED_LINES
+
+
+async def test_lines_from_another_thread_are_written_at_once() -> None:
+    stream = CountingStream()
+    log = logger_writing_to(stream)
+    worker = threading.Thread(target=log.info, args=("from a thread",))
+    worker.start()
+    worker.join(5)
+    assert messages(stream) == ["from a thread"]
+
+
+def test_outside_an_event_loop_every_line_is_written_at_once() -> None:
+    stream = CountingStream()
+    log = logger_writing_to(stream)
+    log.info("one")
+    log.info("two")
+    assert stream.writes == 2
+    assert messages(stream) == ["one", "two"]
