@@ -155,10 +155,13 @@ def gateway_env(port: int, upstream_port: int, **settings: str) -> dict[str, str
 
 
 @contextmanager
-def gateway(upstream_port: int, cpus: str = PROXY_CPU, **settings: str) -> Iterator[tuple[int, str]]:
+def gateway(
+    upstream_port: int, cpus: str = PROXY_CPU, environ: dict[str, str] | None = None, **settings: str
+) -> Iterator[tuple[int, str]]:
+    """A gateway process; ``settings`` become GATEWAY_* variables, ``environ`` is added as it is."""
     port = free_port()
     argv = pinned(cpus, [PYTHON, "-m", "gateway", "serve"])
-    env = gateway_env(port, upstream_port, **settings)
+    env = gateway_env(port, upstream_port, **settings) | (environ or {})
     with running(argv, env=env, ready_url=f"http://127.0.0.1:{port}/_gateway/healthz") as pid:
         yield pid, f"http://127.0.0.1:{port}/"
 

@@ -6,7 +6,11 @@ buffers, request buffering off) in the same run. Prints the proxy's CPU-seconds 
 Conditions: the proxy under test is pinned to CPU 0; the upstream (aiohttp on uvloop, discarding uploads and
 generating downloads) and the client (this process, aiohttp) share CPU 1. Bodies are a random 1 MiB block
 repeated. RSS growth is the peak (VmHWM) after the transfers minus the RSS before them, summed over the proxy's
-processes. Not a test: the machine is shared and noisy.
+processes. Faults/GiB are the proxy's minor page faults: with glibc's default thresholds, malloc trims the heap
+after every freed 256 KiB read buffer and the next read faults the pages back in, which costs more CPU than the
+copies; the gateway raises the thresholds at start (server.keep_freed_buffers_mapped), and the row "glibc malloc
+defaults" runs it with ``MALLOC_ARENA_MAX`` set, which makes it leave malloc alone, to show the difference. Not a
+test: the machine is shared and noisy.
 """
 
 from __future__ import annotations
@@ -20,13 +24,24 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxy import LOAD_CPU, PYTHON, cpu_seconds, free_port, gateway, nginx, pinned, rss_kib, running  # noqa: E402
+from proxy import (  # noqa: E402
+    LOAD_CPU,
+    PYTHON,
+    cpu_seconds,
+    free_port,
+    gateway,
+    nginx,
+    pinned,
+    process_tree,
+    rss_kib,
+    running,
+)
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -87,6 +102,16 @@ class Transfer:
     seconds: float
     cpu_s_per_gib: float
     rss_growth_mib: float
+    faults_per_gib: float
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of ``pid`` and its live descendants."""
+    total = 0
+    for each in process_tree(pid):
+        with suppress(OSError):
+            total += int(Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    return total
 
 
 async def transfer(url: str, pid: int, direction: str, framing: str, size: int) -> Transfer:
@@ -98,6 +123,7 @@ async def transfer(url: str, pid: int, direction: str, framing: str, size: int) 
             await warm_up.read()
         rss_before = rss_kib(pid)
         cpu_before = cpu_seconds(pid)
+        faults_before = minor_faults(pid)
         started = time.perf_counter()
         if direction == "up":
             headers = {"Content-Length": str(size)} if framing == "length" else {}
@@ -111,10 +137,11 @@ async def transfer(url: str, pid: int, direction: str, framing: str, size: int) 
                     got += len(piece)
         seconds = time.perf_counter() - started
         cpu = cpu_seconds(pid) - cpu_before
+        faults = minor_faults(pid) - faults_before
         growth = rss_kib(pid, "VmHWM") - rss_before
     if got != size:
         raise RuntimeError(f"{direction} {framing}: {got} bytes arrived of {size}")
-    return Transfer(direction, framing, seconds, cpu / (size / GIB), growth / 1024)
+    return Transfer(direction, framing, seconds, cpu / (size / GIB), growth / 1024, faults / (size / GIB))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -132,6 +159,10 @@ def run(args: argparse.Namespace) -> None:
                 "nginx (1 MiB buffers)": lambda: nginx(upstream_port, Path(temp)),
                 "gateway, asyncio": lambda: gateway(upstream_port, SERVER_EVENT_LOOP="asyncio"),
                 "gateway, uvloop": lambda: gateway(upstream_port, SERVER_EVENT_LOOP="uvloop"),
+                # Any MALLOC_* variable makes the gateway leave malloc alone; the arena cap is inert here.
+                "gateway, uvloop, glibc malloc defaults": lambda: gateway(
+                    upstream_port, environ={"MALLOC_ARENA_MAX": "8"}, SERVER_EVENT_LOOP="uvloop"
+                ),
             }
             chosen = {name: start for name, start in targets.items() if any(t in name for t in args.targets)}
             for _ in range(args.runs):
@@ -148,13 +179,20 @@ def run(args: argparse.Namespace) -> None:
                                 file=sys.stderr,
                             )
     print(f"\n{args.gib:g} GiB per transfer, proxy on CPU 0, upstream + client on CPU 1, median of {args.runs} run(s)")
-    print(f"{'proxy':<24} {'dir':<5} {'framing':<8} {'MiB/s':>7} {'CPU-s/GiB':>10} {'RSS growth MiB':>15}")
+    print(
+        f"{'proxy':<24} {'dir':<5} {'framing':<8} {'MiB/s':>7} {'CPU-s/GiB':>10} {'RSS growth MiB':>15}"
+        f" {'faults/GiB':>11}"
+    )
     for key, found in results.items():
         name, direction, framing = key.split("|")
         seconds = statistics.median(t.seconds for t in found)
         cpu = statistics.median(t.cpu_s_per_gib for t in found)
         growth = statistics.median(t.rss_growth_mib for t in found)
-        print(f"{name:<24} {direction:<5} {framing:<8} {size / MIB / seconds:>7.0f} {cpu:>10.2f} {growth:>15.1f}")
+        faults = statistics.median(t.faults_per_gib for t in found)
+        print(
+            f"{name:<24} {direction:<5} {framing:<8} {size / MIB / seconds:>7.0f} {cpu:>10.2f} {growth:>15.1f}"
+            f" {faults:>11.0f}"
+        )
 
 
 def _names(text: str) -> list[str]:
