@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
                             )
     print(f"\n{args.gib:g} GiB per transfer, proxy on CPU 0, upstream + client on CPU 1, median of {args.runs} run(s)")
     print(
-        f"{'proxy':<24} {'dir':<5} {'framing':<8} {'MiB/s':>7} {'CPU-s/GiB':>10} {'RSS growth MiB':>15}"
+        f"{'proxy':<38} {'dir':<5} {'framing':<8} {'MiB/s':>7} {'CPU-s/GiB':>10} {'RSS growth MiB':>15}"
         f" {'faults/GiB':>11}"
     )
     for key, found in results.items():
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> None:
         growth = statistics.median(t.rss_growth_mib for t in found)
         faults = statistics.median(t.faults_per_gib for t in found)
         print(
-            f"{name:<24} {direction:<5} {framing:<8} {size / MIB / seconds:>7.0f} {cpu:>10.2f} {growth:>15.1f}"
+            f"{name:<38} {direction:<5} {framing:<8} {size / MIB / seconds:>7.0f} {cpu:>10.2f} {growth:>15.1f}"
             f" {faults:>11.0f}"
         )
 

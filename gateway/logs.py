@@ -67,13 +67,24 @@ def request_id_from(header: str | None) -> str:
     return _new_request_id()
 
 
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_BLANK_RECORD = logging.LogRecord("", 0, "", 0, "", None, None).__dict__
+_STANDARD = frozenset(_BLANK_RECORD) | {"message", "asctime"}
+# LogRecord sets its own attributes first; fields passed with ``extra=`` come after them (Logger.makeRecord).
+_OWN_ATTRIBUTES = len(_BLANK_RECORD)
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ms), level, logger, message, request id, the ``extra=`` fields.
+
+    It runs once per request with the access log on (the default), hence the cached second and the walk over the
+    record's added attributes only."""
+
+    _second = -1
+    _second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -81,10 +92,23 @@ class JsonFormatter(logging.Formatter):
         request_id = REQUEST_ID.get()
         if request_id:
             entry["request_id"] = request_id
-        entry.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_"))
+        for key, value in itertools.islice(record.__dict__.items(), _OWN_ATTRIBUTES, None):
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+    def _time(self, created: float) -> str:
+        """ISO 8601 in UTC with milliseconds, as ``datetime.isoformat(timespec="milliseconds")`` writes it."""
+        second = int(created)
+        micros = round((created - second) * 1_000_000)  # rounded to the microsecond first, as datetime does
+        if micros == 1_000_000:
+            second, micros = second + 1, 0
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{micros // 1000:03d}+00:00"
 
 
 class RedactParserErrors(logging.Filter):
@@ -151,6 +175,8 @@ MAX_BATCHED_LINES = 256
 def setup_logging(level: str) -> None:
     # Not in the JSON lines, and LogRecord would ask the kernel for the pid of every record.
     logging.logProcesses = logging.logMultiprocessing = logging.logThreads = False
+    # Nor is the caller's file and line: finding them walks the stack on every record (logging HOWTO, Optimization).
+    logging._srcfile = None
     handler = BatchingStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import threading
+from datetime import UTC, datetime
 
 from gateway.logs import MAX_BATCHED_LINES, BatchingStreamHandler, JsonFormatter
 
@@ -79,3 +80,15 @@ def test_outside_an_event_loop_every_line_is_written_at_once() -> None:
     log.info("two")
     assert stream.writes == 2
     assert messages(stream) == ["one", "two"]
+
+
+def test_json_lines_carry_iso_times_and_the_extra_fields_in_order() -> None:
+    formatter = JsonFormatter()
+    for created in (0.0, 1764073845.0, 1764073845.5, 1764073845.123456, 1764073846.999, 1764073846.9999996):
+        record = logging.makeLogRecord({"name": "gateway.access", "msg": "request", "levelno": 20})
+        record.levelname = "INFO"
+        record.created = created
+        record.__dict__.update({"route": "proxy", "status": "200", "_private": 1})
+        entry = json.loads(formatter.format(record))
+        assert entry["time"] == datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert list(entry) == ["time", "level", "logger", "message", "route", "status"]
