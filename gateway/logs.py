@@ -69,6 +69,7 @@ def request_id_from(header: str | None) -> str:
 
 _BLANK_RECORD = logging.LogRecord("", 0, "", 0, "", None, None).__dict__
 _STANDARD = frozenset(_BLANK_RECORD) | {"message", "asctime"}
+_ENCODER = json.JSONEncoder(default=str)  # one, not one per line as json.dumps(default=...) makes
 # LogRecord sets its own attributes first; fields passed with ``extra=`` come after them (Logger.makeRecord).
 _OWN_ATTRIBUTES = len(_BLANK_RECORD)
 
@@ -97,7 +98,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
     def _time(self, created: float) -> str:
         """ISO 8601 in UTC with milliseconds, as ``datetime.isoformat(timespec="milliseconds")`` writes it."""
