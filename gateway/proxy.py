@@ -755,15 +755,23 @@ def expects_continue(request: web.BaseRequest) -> bool:
     return request.version >= (1, 1) and request.headers.get("Expect", "").strip().lower() == "100-continue"
 
 
+_CONTINUED: Final = web.RequestKey("gateway.continued", bool)  # 100 Continue was sent
+
+
 async def send_continue(request: web.BaseRequest) -> None:
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    try:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    except ConnectionError as exc:
+        raise ClientGone(f"{exc.__class__.__name__}: {exc}") from exc
     request.writer.output_size = 0  # not part of the answer's size
+    request[_CONTINUED] = True
 
 
 def close_if_body_unread(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """An answer given before the client's body was all read (a refusal, or instead of 100 Continue) closes the
-    connection after it, rather than read a body nobody wants or that never comes (RFC 9110 §10.1.1)."""
-    if not request.content.is_eof():
+    """A client that waits for 100 Continue and gets a final answer instead will not send its body: close the
+    connection after the answer rather than wait for it (RFC 9110 §10.1.1). Other unread bodies are read and
+    dropped by aiohttp's lingering close, so their clients see the answer rather than a reset."""
+    if expects_continue(request) and _CONTINUED not in request and not request.content.is_eof():
         response.force_close()
 
 

@@ -157,3 +157,22 @@ async def test_an_oversized_body_for_an_own_route_is_refused_before_it_is_sent(a
         finally:
             await client.close()
         assert upstream.requests == []
+
+
+async def test_an_unwanted_body_sent_without_expectation_is_drained_and_the_connection_kept(
+    aiohttp_server: ServerFactory,
+) -> None:
+    # A client that sends its body at once must read the refusal, not a reset: aiohttp reads and drops the rest.
+    async with RawUpstream(lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as upstream:
+        client = await WaitingClient.connect(await gateway_port(aiohttp_server, upstream.url))
+        try:
+            size = 2 * 1024 * 1024
+            head = f"PUT /v2/imagefile/5/_multipart HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n\r\n"
+            client.writer.write(head.encode() + b"x" * size)
+            status, headers, body = await client.read_answer()
+            assert status == 413
+            assert headers.get("connection", "").lower() != "close"
+            client.writer.write(b"GET /v1/version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert (await client.read_answer())[::2] == (200, b"ok")
+        finally:
+            await client.close()
