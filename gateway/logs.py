@@ -129,6 +129,9 @@ class RedactParserErrors(logging.Filter):
 REDACT_PARSER_ERRORS = RedactParserErrors()
 
 
+MAX_BATCHED_LINES = 256
+
+
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes the lines logged during one event-loop iteration with one write, instead of a write (a system call,
     a tenth of a forwarded request's cost here) per access-log line. Warnings and errors, and lines logged outside
@@ -137,7 +140,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
-        self._scheduled = False
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -153,13 +156,13 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RuntimeError:
             self.flush()
             return
-        if not self._scheduled:
-            self._scheduled = True
+        if self._flush_on is not loop:
+            self._flush_on = loop
             loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self.lock or contextlib.nullcontext():
-            self._scheduled = False
+            self._flush_on = None
             if self._pending:
                 text = "\n".join(self._pending) + "\n"
                 self._pending.clear()
@@ -168,9 +171,6 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                     self.stream.flush()
                 except Exception:
                     self.handleError(logging.makeLogRecord({"msg": "could not write log lines"}))
-
-
-MAX_BATCHED_LINES = 256
 
 
 def setup_logging(level: str) -> None:

@@ -92,3 +92,26 @@ def test_json_lines_carry_iso_times_and_the_extra_fields_in_order() -> None:
         entry = json.loads(formatter.format(record))
         assert entry["time"] == datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
         assert list(entry) == ["time", "level", "logger", "message", "route", "status"]
+
+
+def test_a_loop_that_ended_with_a_flush_pending_does_not_hold_back_the_next_loops_lines() -> None:
+    stream = CountingStream()
+    log = logger_writing_to(stream)
+
+    first = asyncio.new_event_loop()
+
+    def log_and_stop() -> None:
+        log.info("one")  # its flush is scheduled for the next iteration, which this loop will not run
+        first.stop()
+
+    first.call_soon(log_and_stop)
+    first.run_forever()
+    first.close()
+    assert messages(stream) == []
+
+    async def log_and_yield(text: str) -> None:
+        log.info(text)
+        await asyncio.sleep(0)
+
+    asyncio.run(log_and_yield("two"))
+    assert messages(stream) == ["one", "two"]
