@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TextIO
@@ -18,6 +19,9 @@ from typing import TextIO
 from aiohttp.http_exceptions import HttpProcessingError
 
 __all__ = [
+    "ACCESS_LOG",
+    "AccessLog",
+    "BatchingStreamHandler",
     "REDACT_PARSER_ERRORS",
     "REQUEST_ID",
     "UPLOAD_FIELDS",
@@ -84,21 +88,21 @@ class JsonFormatter(logging.Formatter):
     _second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": self._time(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        request_id = REQUEST_ID.get()
-        if request_id:
-            entry["request_id"] = request_id
+        entry = self.entry(record.created, record.levelname.lower(), record.name, record.getMessage())
         for key, value in itertools.islice(record.__dict__.items(), _OWN_ATTRIBUTES, None):
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _ENCODER.encode(entry)
+
+    def entry(self, created: float, level: str, logger: str, message: str) -> dict[str, object]:
+        """The fields every line starts with."""
+        entry: dict[str, object] = {"time": self._time(created), "level": level, "logger": logger, "message": message}
+        request_id = REQUEST_ID.get()
+        if request_id:
+            entry["request_id"] = request_id
+        return entry
 
     def _time(self, created: float) -> str:
         """ISO 8601 in UTC with milliseconds, as ``datetime.isoformat(timespec="milliseconds")`` writes it."""
@@ -144,21 +148,27 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._pending.append(self.format(record))
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
-        if record.levelno >= logging.WARNING or len(self._pending) >= MAX_BATCHED_LINES:
-            self.flush()
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        if self._flush_on is not loop:
-            self._flush_on = loop
-            loop.call_soon(self.flush)
+        self.add(line, at_once=record.levelno >= logging.WARNING)
+
+    def add(self, line: str, *, at_once: bool = False) -> None:
+        """Queue a formatted line; it is written at the end of this loop iteration, or now."""
+        with self.lock or contextlib.nullcontext():
+            self._pending.append(line)
+            if at_once or len(self._pending) >= MAX_BATCHED_LINES:
+                self.flush()
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            if self._flush_on is not loop:
+                self._flush_on = loop
+                loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self.lock or contextlib.nullcontext():
@@ -173,13 +183,44 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                     self.handleError(logging.makeLogRecord({"msg": "could not write log lines"}))
 
 
+class AccessLog:
+    """The one line per request. Once setup_logging has installed the server's handler, lines are formatted and
+    queued straight onto it: building and dispatching a LogRecord cost about as much as the line itself, per
+    request. Otherwise (tests, embedding) they are ordinary records of the ``gateway.access`` logger. Either way
+    that logger's level decides, and the line is the same."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("gateway.access")
+        self._handler: BatchingStreamHandler | None = None
+        self._formatter = JsonFormatter()
+
+    def write_to(self, handler: BatchingStreamHandler, formatter: JsonFormatter) -> None:
+        self._handler, self._formatter = handler, formatter
+
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def write(self, fields: dict[str, object]) -> None:
+        if self._handler is None:
+            self.logger.info("request", extra=fields)
+            return
+        entry = self._formatter.entry(time.time(), "info", self.logger.name, "request")
+        entry.update(fields)
+        self._handler.add(_ENCODER.encode(entry))
+
+
+ACCESS_LOG = AccessLog()
+
+
 def setup_logging(level: str) -> None:
     # Not in the JSON lines, and LogRecord would ask the kernel for the pid of every record.
     logging.logProcesses = logging.logMultiprocessing = logging.logThreads = False
     # Nor is the caller's file and line: finding them walks the stack on every record (logging HOWTO, Optimization).
     logging._srcfile = None
     handler = BatchingStreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    formatter = JsonFormatter()
+    handler.setFormatter(formatter)
+    ACCESS_LOG.write_to(handler, formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,5 +1,6 @@
 """The log handler batches the info lines of one event-loop iteration into one write, and writes warnings,
-errors and lines logged outside the loop at once: nothing is lost, only coalesced."""
+errors and lines logged outside the loop at once: nothing is lost, only coalesced. The access line is the same
+whether written straight to that handler (the server) or as a logging record."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ import io
 import json
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from gateway.logs import MAX_BATCHED_LINES, BatchingStreamHandler, JsonFormatter
+import aiohttp
+from aiohttp import web
+
+from gateway.logs import MAX_BATCHED_LINES, REQUEST_ID, AccessLog, BatchingStreamHandler, JsonFormatter
+from tests.proxy_harness import gateway_process
 
 
 class CountingStream(io.StringIO):
@@ -115,3 +123,51 @@ def test_a_loop_that_ended_with_a_flush_pending_does_not_hold_back_the_next_loop
 
     asyncio.run(log_and_yield("two"))
     assert messages(stream) == ["one", "two"]
+
+
+async def test_the_access_line_is_the_same_written_straight_to_the_handler_or_as_a_record() -> None:
+    fields: dict[str, object] = {"method": "GET", "route": "proxy", "path": '/v1/"x"', "status": "200", "ms": 1.5}
+    token = REQUEST_ID.set("req-1")
+    try:
+        straight = CountingStream()
+        handler = BatchingStreamHandler(straight)
+        formatter = JsonFormatter()
+        handler.setFormatter(formatter)
+        direct = AccessLog()
+        direct.write_to(handler, formatter)
+        direct.write(dict(fields))
+        await asyncio.sleep(0)
+
+        recorded = CountingStream()
+        access = logger_writing_to(recorded)
+        access.info("request", extra=dict(fields))
+        await asyncio.sleep(0)
+    finally:
+        REQUEST_ID.reset(token)
+    (line,) = straight.getvalue().splitlines()
+    (record_line,) = recorded.getvalue().splitlines()
+    ours, theirs = json.loads(line), json.loads(record_line)
+    assert ours.pop("time")[:10] == theirs.pop("time")[:10]
+    assert ours == theirs | {"logger": "gateway.access"}
+    assert list(ours) == ["level", "logger", "message", "request_id", *fields]
+
+
+async def test_the_server_writes_one_access_line_per_request_with_its_request_id(
+    aiohttp_server: Callable[..., Awaitable[Any]], tmp_path: Path
+) -> None:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hi")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hello)
+    upstream = await aiohttp_server(app)
+    async with gateway_process(str(upstream.make_url("")), tmp_path, SERVER_LOG_LEVEL="info") as gateway:
+        async with aiohttp.ClientSession() as session:
+            for n in range(3):
+                async with session.get(f"{gateway.url}/v1/version", headers={"X-Request-Id": f"id-{n}"}) as answer:
+                    assert answer.status == 200
+    lines = [json.loads(line) for line in gateway.log_path.read_text().splitlines()]
+    access = [line for line in lines if line["logger"] == "gateway.access" and line["route"] != "gateway"]
+    assert [(a["route"], a["status"], a["request_id"], a["path"]) for a in access] == [
+        ("proxy", "200", f"id-{n}", "/v1/version") for n in range(3)
+    ]
