@@ -27,6 +27,8 @@ ETags are returned without their surrounding quotes.
 Server behaviours handled here (radosgw 16.2.15, SeaweedFS 4.48; tests/test_s3_client.py):
 - radosgw answers CompleteMultipartUpload with ``<ETag></ETag>``: the ETag is then taken from a HEAD;
 - radosgw answers ListParts of an aborted upload with 404 NoSuchKey: upload-scoped 404s raise NoSuchUpload;
+- radosgw answers CompleteMultipartUpload of an aborted upload with 500 InternalError, every time: after the
+  retries, a one-part ListParts tells a gone upload (NoSuchUpload, or success if it was completed) from an outage;
 - SeaweedFS pages ListMultipartUploads by upload id only (no NextKeyMarker): upload-id-marker is sent alone.
 """
 
@@ -505,12 +507,34 @@ class S3Client:
                 if completed is not None:
                     return completed
             raise
+        except S3ServerError:
+            # radosgw answers a complete of an aborted upload with 500 InternalError however often it is asked: when
+            # the upload is gone, say so (the client gets a 409), or succeed if it was completed after all.
+            gone = await self._upload_gone(bucket, key, upload_id)
+            if gone is None:
+                raise
+            completed = await self._completed_earlier(bucket, key, len(parts))
+            if completed is not None:
+                return completed
+            raise gone from None
         root = _result(request, answer)
         etag = normalise_etag(_child_text(root, "ETag"))
         if not etag:  # radosgw 16 answers <ETag></ETag> the first time; the object has one
             info = await self.head_object(bucket, key)
             etag = info.etag if info is not None else ""
         return CompleteResult(etag=etag, location=_child_text(root, "Location") or self._object_url(bucket, key))
+
+    async def _upload_gone(self, bucket: str, key: str, upload_id: str) -> NoSuchUpload | None:
+        """NoSuchUpload when a one-part ListParts finds no such upload; None when it exists or S3 cannot tell."""
+        query = (("uploadId", upload_id), ("max-parts", "1"))
+        request = _Request("ListParts", "GET", s3_path(bucket, key), query=query, upload_scoped=True)
+        try:
+            await self._call(request)
+        except NoSuchUpload as exc:
+            return exc
+        except S3Error:
+            return None
+        return None
 
     async def _completed_earlier(self, bucket: str, key: str, part_count: int) -> CompleteResult | None:
         info = await self.head_object(bucket, key)

@@ -185,9 +185,10 @@ async def test_wrong_etags_and_missing_parts_at_complete_are_4xx_and_a_fix_still
 
 
 async def test_abort_removes_the_upload_in_s3_and_a_second_abort_is_fine(
-    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+    aiohttp_server: Any, s3_server: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs)
+    # On both servers: radosgw answers a complete after an abort with a retryable 500, SeaweedFS with 404.
+    stack = await start_stack(aiohttp_server, s3_server)
     client = LibraryClient(session, stack.gateway_url)
     image_id, _ = await new_image(client)
     start = (await client.start(image_id, len(FILE))).data
