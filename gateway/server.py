@@ -75,9 +75,9 @@ def keep_freed_buffers_mapped() -> bool:
 
 
 def run_worker(config: Config, *, reuse_port: bool) -> None:
-    keep_freed_buffers_mapped()
+    malloc = "thresholds raised" if keep_freed_buffers_mapped() else "left as configured"
     loop = use_event_loop(config.server.event_loop)
-    log.info("serving", extra={"event": "serving", "listen": config.server.listen, "loop": loop})
+    log.info("serving", extra={"event": "serving", "listen": config.server.listen, "loop": loop, "malloc": malloc})
     asyncio.run(_serve(config, reuse_port=reuse_port))
 
 
