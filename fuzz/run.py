@@ -20,7 +20,7 @@ from pathlib import Path
 __all__ = ["TARGETS", "FuzzRun", "run_target"]
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = {"tokens": "fuzz.fuzz_tokens", "bodies": "fuzz.fuzz_bodies"}
+TARGETS = {"tokens": "fuzz.fuzz_tokens", "bodies": "fuzz.fuzz_bodies", "http1": "fuzz.fuzz_http1"}
 PER_INPUT_TIMEOUT_S = 10  # one input running this long is a hang, reported as a crash
 STARTUP_ALLOWANCE_S = 120  # on top of --seconds before the process is killed: start-up and shutdown only
 

@@ -1,6 +1,7 @@
 """The atheris fuzz targets (fuzz/), each run for a few seconds per CI run: any crash fails the suite.
 
-A crash is any exception other than a 4xx GatewayError from the token parser or a body validator. The failure
+A crash is any exception other than a 4xx GatewayError from the token parser or a body validator, or anything but
+ProtocolError (and consistent results) from the parser of upstream answers. The failure
 shows libFuzzer's report (the input in Base64) and the crash file's path under pytest's tmp_path;
 ``python -m fuzz.fuzz_<target> <file>`` replays it. Longer runs: ``python -m fuzz.run --seconds 600``.
 """

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.proxy import ChunkedDecoder, ProtocolError, parse_response_head
+from gateway.http1 import ChunkedDecoder, ProtocolError, parse_response_head
 
 
 def test_a_head_keeps_header_order_multiplicity_and_casing() -> None:
