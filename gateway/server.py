@@ -62,9 +62,11 @@ def keep_freed_buffers_mapped() -> bool:
 
     By default it trims the heap as each streamed buffer is freed and the next read faults the pages back in:
     100k-290k minor faults per GiB streamed, more CPU than the copies themselves (bench/stream.py). Raising the
-    trim and mmap thresholds keeps those pages (RSS grows by at most ~2 MiB). An operator's own MALLOC_* settings
-    win; other C libraries are left alone. Returns whether the thresholds were set."""
-    if any(name.startswith("MALLOC_") for name in os.environ):
+    trim and mmap thresholds keeps those pages (RSS grows by at most ~2 MiB). An operator's own malloc settings
+    (MALLOC_* variables, glibc.malloc tunables) win; other C libraries are left alone. Returns whether the
+    thresholds were set."""
+    operator_set = any(name.startswith("MALLOC_") for name in os.environ)
+    if operator_set or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
