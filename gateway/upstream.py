@@ -43,6 +43,39 @@ def _settle(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+class _Wakeup:
+    """One wait at a time for something the protocol's callbacks report: ``wait`` until ``wake`` (or ``fail``) is
+    called or the loop reaches ``deadline``, which raises TimeoutError(``expired``), or just returns when
+    ``expired`` is None."""
+
+    __slots__ = ("_future", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future: asyncio.Future[None] | None = None
+
+    async def wait(self, deadline: float, expired: str | None) -> None:
+        future = self._future = self._loop.create_future()
+        timer = (
+            self._loop.call_at(deadline, _settle, future)
+            if expired is None
+            else self._loop.call_at(deadline, _expire, future, expired)
+        )
+        try:
+            await future
+        finally:
+            timer.cancel()
+            self._future = None
+
+    def wake(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_exception(exc)
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection: writes a request, parses one answer at a time, queues its body with
     backpressure (reading pauses while the client is slower than the upstream)."""
@@ -58,12 +91,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._method = "GET"
         self._buffer = b""
         self._got_bytes = False
-        self._head_waiter: asyncio.Future[None] | None = None
+        self._head_wakeup = _Wakeup(loop)
         self._continued = False  # the upstream said 100 Continue to this request
         self._head_error: BaseException | None = None
         self._body: deque[bytes] = deque()
         self._queued = 0
-        self._body_waiter: asyncio.Future[None] | None = None
+        self._body_wakeup = _Wakeup(loop)
         self._body_error: BaseException | None = None
         self._body_done = False
         self._remaining = 0
@@ -71,7 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._decoder: ChunkedDecoder | None = None
         self._reading_paused = False
         self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._drain_wakeup = _Wakeup(loop)
 
     # asyncio callbacks
 
@@ -89,23 +122,21 @@ class UpstreamConnection(asyncio.Protocol):
                 if self._got_bytes
                 else UpstreamClosed(f"connection closed before the answer ({exc.__class__.__name__ if exc else 'EOF'})")
             )
-            self._wake_head()
+            self._head_wakeup.wake()
         elif self._state == _BODY and self._body_error is None:
             if self._framing == "close":
                 self._finish_body(b"")
             else:
                 self._body_error = UpstreamBodyError("upstream closed the connection in the middle of the body")
-                self._wake_body()
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(UpstreamClosed("connection closed while sending the request"))
+                self._body_wakeup.wake()
+        self._drain_wakeup.fail(UpstreamClosed("connection closed while sending the request"))
 
     def pause_writing(self) -> None:
         self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        self._drain_wakeup.wake()
 
     def data_received(self, data: bytes) -> None:
         if self._state == _BODY:
@@ -160,24 +191,12 @@ class UpstreamConnection(asyncio.Protocol):
             raise UpstreamClosed("connection closed while sending the request")
         if not self._write_paused:
             return
-        waiter = self._drain_waiter = self.loop.create_future()
-        timer = self.loop.call_later(timeout_s, _expire, waiter, "upstream stopped reading the request body")
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._drain_waiter = None
+        await self._drain_wakeup.wait(self.loop.time() + timeout_s, "upstream stopped reading the request body")
 
     async def read_head(self, timeout_s: float) -> ResponseHead:
         deadline = self.loop.time() + timeout_s
         while self.head is None and self._head_error is None:  # an interim 100 Continue wakes it early
-            waiter = self._head_waiter = self.loop.create_future()
-            timer = self.loop.call_at(deadline, _expire, waiter, "no answer from the upstream in time")
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._head_waiter = None
+            await self._head_wakeup.wait(deadline, "no answer from the upstream in time")
         if self._head_error is not None:
             raise self._head_error
         assert self.head is not None
@@ -186,13 +205,7 @@ class UpstreamConnection(asyncio.Protocol):
     async def wait_for_continue(self, timeout_s: float) -> bool:
         """Whether the upstream said 100 Continue (or answered already) within ``timeout_s``."""
         if not (self._continued or self.answering()):
-            waiter = self._head_waiter = self.loop.create_future()
-            timer = self.loop.call_later(timeout_s, _settle, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._head_waiter = None
+            await self._head_wakeup.wait(self.loop.time() + timeout_s, None)
         return self._continued or self.answering()
 
     def complete_body(self) -> bytes | None:
@@ -218,13 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
                 raise self._body_error
             if self._body_done:
                 return b""
-            waiter = self._body_waiter = self.loop.create_future()
-            timer = self.loop.call_later(idle_timeout_s, _expire, waiter, "upstream went silent mid-body")
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._body_waiter = None
+            await self._body_wakeup.wait(self.loop.time() + idle_timeout_s, "upstream went silent mid-body")
 
     @property
     def answer_complete(self) -> bool:
@@ -261,7 +268,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._buffer = rest  # an interim answer (100 Continue, 103): the final one follows
                 if head.status == 100:
                     self._continued = True
-                    self._wake_head()
+                    self._head_wakeup.wake()
                 continue
             self._buffer = b""
             self.head = head
@@ -278,17 +285,13 @@ class UpstreamConnection(asyncio.Protocol):
                 self._finish_body(rest)
             elif rest:
                 self._feed_body(rest)
-            self._wake_head()
+            self._head_wakeup.wake()
             return
 
     def _fail_head(self, exc: BaseException) -> None:
         self._head_error = exc
         self.abort()
-        self._wake_head()
-
-    def _wake_head(self) -> None:
-        if self._head_waiter is not None and not self._head_waiter.done():
-            self._head_waiter.set_result(None)
+        self._head_wakeup.wake()
 
     def _feed_body(self, data: bytes) -> None:
         if self._framing == "length":
@@ -305,7 +308,7 @@ class UpstreamConnection(asyncio.Protocol):
             except ProtocolError as exc:
                 self._body_error = UpstreamBodyError(f"malformed chunked body: {exc}")
                 self.abort()
-                self._wake_body()
+                self._body_wakeup.wake()
                 return
             for piece in pieces:
                 self._queue(piece)
@@ -322,7 +325,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._body.append(piece)
         self._queued += len(piece)
-        self._wake_body()
+        self._body_wakeup.wake()
         if not self._reading_paused and self._queued > QUEUE_HIGH_BYTES and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
@@ -332,11 +335,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_done = True
         if leftover:
             self.reusable = False
-        self._wake_body()
-
-    def _wake_body(self) -> None:
-        if self._body_waiter is not None and not self._body_waiter.done():
-            self._body_waiter.set_result(None)
+        self._body_wakeup.wake()
 
 
 class UpstreamProtocolGone(UpstreamBodyError):
