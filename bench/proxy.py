@@ -31,6 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.proxy_harness import gateway_environment  # noqa: E402
+from tests.stack import free_port  # noqa: E402
+
 PYTHON = sys.executable
 BODY = b'{"data":{"version":"1.1.24","apiVersion":"2.0.0-alpha.2"},"pad":"' + b"x" * 130 + b'"}'
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -63,14 +68,6 @@ http {{
 
 
 # -- processes -------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def process_tree(pid: int) -> list[int]:
@@ -139,21 +136,6 @@ def pinned(cpus: str, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpus, *argv]
 
 
-def gateway_env(port: int, upstream_port: int, **settings: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
-    env |= {
-        "PYTHONPATH": str(ROOT),
-        "GATEWAY_SERVER_LISTEN": f"127.0.0.1:{port}",
-        "GATEWAY_SERVER_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "GATEWAY_SERVER_LOG_LEVEL": "warning",
-        "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
-        "GATEWAY_S3_ACCESS_KEY": "bench",
-        "GATEWAY_S3_SECRET_KEY": "bench-secret",
-        "GATEWAY_UPLOADS_TOKEN_SECRET": "bench-token-secret-0123456789",
-    }
-    return env | {f"GATEWAY_{key}": value for key, value in settings.items()}
-
-
 @contextmanager
 def gateway(
     upstream_port: int, cpus: str = PROXY_CPU, environ: dict[str, str] | None = None, **settings: str
@@ -161,7 +143,7 @@ def gateway(
     """A gateway process; ``settings`` become GATEWAY_* variables, ``environ`` is added as it is."""
     port = free_port()
     argv = pinned(cpus, [PYTHON, "-m", "gateway", "serve"])
-    env = gateway_env(port, upstream_port, **settings) | (environ or {})
+    env = gateway_environment(f"http://127.0.0.1:{upstream_port}", port, **settings) | (environ or {})
     with running(argv, env=env, ready_url=f"http://127.0.0.1:{port}/_gateway/healthz") as pid:
         yield pid, f"http://127.0.0.1:{port}/"
 
