@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.client.push import PushOptions, push  # noqa: E402
 from gateway.client.refs import parse_ref  # noqa: E402
 from tests.gateway_fixtures import gateway_env  # noqa: E402
+from tests.proxy_harness import wait_healthy  # noqa: E402
 from tests.registry import make_registry_app  # noqa: E402
 from tests.s3_fixtures import BUCKET, serving  # noqa: E402
 from tests.s3servers import SeaweedFS  # noqa: E402
@@ -40,20 +40,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-async def wait_healthy(url: str, deadline_s: float = 30) -> None:
-    end = time.monotonic() + deadline_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < end:
-            try:
-                async with session.get(url + "/_gateway/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("gateway did not become healthy")
 
 
 async def soak(args: argparse.Namespace, s3: SeaweedFS, workdir: Path) -> None:

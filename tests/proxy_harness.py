@@ -151,18 +151,29 @@ async def stop(gateway: GatewayProcess, *, timeout_s: float = STOP_TIMEOUT_S) ->
 
 
 async def _wait_ready(gateway: GatewayProcess) -> None:
+    try:
+        await wait_healthy(gateway.url, exited=lambda: gateway.process.returncode)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}:\n{gateway.log()}") from None
+
+
+async def wait_healthy(
+    url: str, *, exited: Callable[[], int | None] = lambda: None, timeout_s: float = READY_TIMEOUT_S
+) -> None:
+    """Until ``url``'s /_gateway/healthz answers 200; RuntimeError when the process has exited (``exited()`` gives
+    its code) or at the timeout."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + READY_TIMEOUT_S
+    deadline = loop.time() + timeout_s
     async with aiohttp.ClientSession() as session:
         while loop.time() < deadline:
-            if gateway.process.returncode is not None:
-                raise RuntimeError(f"gateway exited with {gateway.process.returncode}:\n{gateway.log()}")
+            if (code := exited()) is not None:
+                raise RuntimeError(f"gateway exited with {code}")
             with suppress(aiohttp.ClientError):
-                async with session.get(gateway.url + "/_gateway/healthz") as response:
+                async with session.get(url + "/_gateway/healthz") as response:
                     if response.status == 200:
                         return
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"gateway not ready after {READY_TIMEOUT_S}s:\n{gateway.log()}")
+    raise RuntimeError(f"gateway at {url} not ready after {timeout_s}s")
 
 
 # -- an upstream that speaks raw bytes, for answers aiohttp's server would never send -------------------------

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import Gateway
 from tests.gateway_fixtures import GatewayTestServer, gateway_env
 from tests.libclient import LibraryClient
+from tests.proxy_harness import wait_healthy
 from tests.s3servers import RadosGW, S3Server
 from tests.stack import MIB, free_port, stack_config, start_registry, unique_ref
 
@@ -142,18 +143,6 @@ async def test_an_upstream_down_at_start_answers_502(seaweedfs: S3Server, sessio
     assert answer.status == 502 and answer.json["error"]["code"] == 502
 
 
-async def wait_healthy(url: str, session: aiohttp.ClientSession) -> None:
-    for _ in range(300):
-        try:
-            async with session.get(url + "/_gateway/healthz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("gateway process did not become healthy")
-
-
 async def serve_process(s3: S3Server, registry_url: str, port: int) -> asyncio.subprocess.Process:
     config = stack_config(s3, registry_url=registry_url, gateway_port=port)
     config = replace(config, server=replace(config.server, listen=f"127.0.0.1:{port}"))
@@ -169,7 +158,7 @@ async def test_a_gateway_process_killed_mid_push_and_restarted_lets_the_push_com
     url = f"http://127.0.0.1:{port}"
     process = await serve_process(seaweedfs, registry_url, port)
     try:
-        await wait_healthy(url, session)
+        await wait_healthy(url)
         client = LibraryClient(session, url)
         image_id, key, start = await new_upload(client)
         part1 = FILE[: 32 * MIB]
@@ -179,7 +168,7 @@ async def test_a_gateway_process_killed_mid_push_and_restarted_lets_the_push_com
         process.kill()  # SIGKILL: no graceful anything
         await process.wait()
         process = await serve_process(seaweedfs, registry_url, port)
-        await wait_healthy(url, session)
+        await wait_healthy(url)
         part2 = FILE[32 * MIB :]
         presigned = await client.presign(image_id, start["uploadID"], 2, part2)
         status, etag2 = await client.put_part(presigned.data["presignedURL"], part2)
