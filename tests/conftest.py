@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer
 
 from gateway.app import Gateway
-from tests.gateway_fixtures import GatewayTestServer
+from tests.gateway_fixtures import make_test_server
 
 pytest_plugins = ["tests.s3_fixtures", "tests.realclient_fixtures"]
 
@@ -29,12 +29,12 @@ async def aiohttp_server(
 ) -> AsyncIterator[Callable[..., Awaitable[BaseTestServer]]]:
     """pytest-aiohttp's server factory, which also serves a :class:`Gateway` the way production does
     (``GatewayTestServer``); servers are closed after the test either way."""
-    gateways: list[GatewayTestServer] = []
+    gateways: list[BaseTestServer] = []
 
     async def serve(app: web.Application | Gateway, *, port: int | None = None, **kwargs: Any) -> BaseTestServer:
         if isinstance(app, web.Application):
             return await aiohttp_server(app, port=port, **kwargs)
-        server = GatewayTestServer(app, host="127.0.0.1", port=port)
+        server = make_test_server(app, host="127.0.0.1", port=port)
         await server.start_server(**kwargs)
         gateways.append(server)
         return server

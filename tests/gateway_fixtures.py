@@ -6,7 +6,8 @@ import os
 from dataclasses import asdict, fields, replace
 from typing import Any
 
-from aiohttp.test_utils import BaseTestServer
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestServer
 from aiohttp.web import BaseRunner
 
 from gateway.app import Gateway, GatewayRunner
@@ -67,3 +68,8 @@ class GatewayTestServer(BaseTestServer):
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         return GatewayRunner(self.gateway, **kwargs)
+
+
+def make_test_server(app: web.Application | Gateway, **kwargs: Any) -> BaseTestServer:
+    """aiohttp's TestServer for an app (the registry fake, an upstream), GatewayTestServer for a gateway."""
+    return TestServer(app, **kwargs) if isinstance(app, web.Application) else GatewayTestServer(app, **kwargs)

@@ -37,7 +37,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import BaseTestServer, TestServer
+from aiohttp.test_utils import BaseTestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,7 +57,7 @@ from gateway.uploads import (
     StartRequest,
     check_image_id,
 )
-from tests.gateway_fixtures import TOKEN_SECRET, GatewayTestServer
+from tests.gateway_fixtures import TOKEN_SECRET, make_test_server
 from tests.libclient import LibraryClient
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
@@ -92,11 +92,7 @@ class LoopThread:
 
     async def serve(self, app: web.Application | Gateway, *, port: int) -> BaseTestServer:
         """start_stack's ``aiohttp_server``: a test server on a loopback port, closed by close()."""
-        server: BaseTestServer = (
-            TestServer(app, host="127.0.0.1", port=port)
-            if isinstance(app, web.Application)
-            else GatewayTestServer(app, host="127.0.0.1", port=port)
-        )
+        server = make_test_server(app, host="127.0.0.1", port=port)
         await server.start_server()
         self._servers.append(server)
         return server
