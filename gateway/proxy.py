@@ -56,7 +56,7 @@ class ForwardingPolicy:
         self,
         upstream_authority: bytes,
         *,
-        forward_host: Literal["upstream", "client"] = "upstream",
+        forward_host: Literal["upstream", "client"] = "client",
         trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.upstream_authority = upstream_authority

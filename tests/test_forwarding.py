@@ -42,7 +42,9 @@ def recording_upstream(seen: Seen) -> web.Application:
         if request.path == "/redirect/s3":
             raise web.HTTPFound("http://127.0.0.1:9/sregistry/c/n%3Asha256.ab?X-Amz-Signature=old")
         if request.path == "/redirect/self":
-            raise web.HTTPFound(f"http://{request.host}/v1/other?x=1")
+            # Named by its own address, as a registry does with DOMAIN_NAME left on it (whatever Host came in).
+            host, port = request.transport.get_extra_info("sockname")[:2] if request.transport else ("", 0)
+            raise web.HTTPFound(f"http://{host}:{port}/v1/other?x=1")
         if request.path == "/redirect/elsewhere":
             raise web.HTTPTemporaryRedirect("https://mirror.example.org/v1/imagefile/x")
         if request.path == "/stream":
