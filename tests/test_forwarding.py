@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.app import Gateway
+from gateway.proxy import CHUNKED_BUFFER_BYTES
 from tests.gateway_fixtures import GatewayTestServer, gateway_config
 from tests.proxy_harness import RawUpstream
 
@@ -65,7 +66,7 @@ def recording_upstream(seen: Seen) -> web.Application:
             return web.Response(status=304, headers={"ETag": '"v1"'})
         return web.Response(body=b"echo:" + body, headers={"X-Upstream": "yes", "Content-Type": "text/plain"})
 
-    app = web.Application()
+    app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", record)
     return app
 
@@ -118,15 +119,35 @@ async def test_a_sized_body_above_the_small_limit_keeps_its_content_length(gatew
     assert ("Content-Length", str(len(body))) in gateway.seen[0]["headers"]
 
 
-async def test_a_chunked_request_body_stays_chunked(gateway: Any) -> None:
-    async def body() -> Any:
-        for part in (b"a" * 1000, b"b" * 1000):
-            yield part
+async def chunks(*parts: bytes) -> Any:
+    for part in parts:
+        yield part
 
-    response = await gateway.put("/v1/imagefile/1", data=body())
+
+@pytest.mark.parametrize("expect100", [False, True])
+async def test_a_small_chunked_request_body_goes_up_with_a_content_length(gateway: Any, expect100: bool) -> None:
+    # uWSGI reads a chunked body as empty (PROTOCOL.md G2); curl -T - also sends Expect: 100-continue.
+    response = await gateway.put("/v1/tags/1", data=chunks(b"a" * 1000, b"b" * 1000), expect100=expect100)
+    assert response.status == 200
+    assert await response.read() == b"echo:" + b"a" * 1000 + b"b" * 1000
+    assert not gateway.seen[0]["chunked"]
+    assert ("Content-Length", "2000") in gateway.seen[0]["headers"]
+
+
+async def test_a_chunked_request_body_above_the_buffer_stays_chunked(gateway: Any) -> None:
+    big = b"c" * (CHUNKED_BUFFER_BYTES // 2)
+    response = await gateway.put("/v1/imagefile/1", data=chunks(big, big, b"d"))
     assert response.status == 200
     assert gateway.seen[0]["chunked"]
-    assert gateway.seen[0]["body"] == b"a" * 1000 + b"b" * 1000
+    assert gateway.seen[0]["body"] == big + big + b"d"
+    assert "content-length" not in {name.lower() for name, _ in gateway.seen[0]["headers"]}
+
+
+async def test_a_chunked_body_of_exactly_the_buffer_size_goes_up_sized(gateway: Any) -> None:
+    body = b"e" * CHUNKED_BUFFER_BYTES
+    response = await gateway.put("/v1/imagefile/1", data=chunks(body[:1000], body[1000:]))
+    assert response.status == 200
+    assert not gateway.seen[0]["chunked"] and gateway.seen[0]["body"] == body
 
 
 async def test_request_headers_keep_their_order_multiplicity_and_casing(gateway: Any) -> None:

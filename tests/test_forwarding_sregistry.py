@@ -4,6 +4,7 @@ by default."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from aiohttp.test_utils import BaseTestServer
 
 from gateway.app import Gateway
 from tests.gateway_fixtures import gateway_config
-from tests.registry import STATE, RegistrySettings, make_registry_app
+from tests.registry import REQUEST_LOG, STATE, RegistrySettings, make_registry_app
 from tests.stack import TOKEN, USER, free_port
 
 ServerFactory = Callable[..., Awaitable[BaseTestServer]]
@@ -99,3 +100,29 @@ async def test_the_fake_checks_origin_against_the_host_it_was_sent(
     assert (await login_post(session, base, origin=base))[0] == 200
     status, page = await login_post(session, base, origin="https://elsewhere.example")
     assert status == 403 and "Origin checking failed" in page
+
+
+async def chunked(data: bytes) -> Any:
+    yield data
+
+
+@pytest.mark.parametrize("via", ["registry", "gateway"])
+async def test_a_chunked_collection_post_reaches_the_registry_with_a_content_length(
+    aiohttp_server: ServerFactory, session: aiohttp.ClientSession, via: str
+) -> None:
+    behind = await start_behind(aiohttp_server)
+    owner = behind.registry[STATE].user_named(USER)
+    assert owner is not None
+    body = json.dumps({"entity": str(owner.id), "name": f"chunked-{via}", "private": False}).encode()
+    base = behind.registry_url if via == "registry" else behind.gateway_url
+    async with session.post(
+        f"{base}/v1/collections", data=chunked(body), headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as answer:
+        status = answer.status
+    if via == "registry":
+        assert status == 500  # uWSGI hands Django an empty body (PROTOCOL.md §9b G2)
+    else:
+        assert status == 200
+        assert behind.registry[STATE].collection_named(f"chunked-{via}") is not None
+    (seen,) = [r for r in behind.registry[REQUEST_LOG] if r.path == "/v1/collections"]
+    assert seen.chunked == (via == "registry")
