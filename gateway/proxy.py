@@ -105,6 +105,16 @@ def _forwarded_node(value: str) -> str:
     return value or "unknown"
 
 
+def _forwarded_address(node: bytes) -> bytes:
+    """An X-Forwarded-For entry as a Forwarded node: an IP address, else "unknown" (never raw text, which could
+    carry ; or " into the header's syntax)."""
+    try:
+        address = ipaddress.ip_address(node.strip().decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return b"unknown"
+    return _forwarded_node(str(address)).encode("ascii")
+
+
 def expects_continue(request: web.BaseRequest) -> bool:
     """An HTTP/1.1 client that waits for 100 Continue before sending its body (RFC 9110 §10.1.1)."""
     return request.version >= (1, 1) and request.headers.get("Expect", "").strip().lower() == "100-continue"
@@ -236,7 +246,18 @@ class Forwarder:
             client_host.replace(b'"', b""),
             request.scheme.encode("ascii"),
         )
+        # The same trusted chain as X-Forwarded-For: a trusted proxy's Forwarded elements, or, when it sent only
+        # X-Forwarded-For (nginx), one for= element per address in it.
         earlier_forwarded = prior.get(b"forwarded")
+        if not earlier_forwarded and earlier_for:
+            earlier_forwarded = [
+                b"for=" + _forwarded_address(node) for value in earlier_for for node in value.split(b",")
+            ]
+            # The proxy's X-Forwarded-Host/Proto describe the request it received: the last hop's element.
+            if b"x-forwarded-host" in prior:
+                earlier_forwarded[-1] += b';host="%s"' % forwarded_host.replace(b'"', b"").replace(b"\\", b"")
+            if b"x-forwarded-proto" in prior and proto.isalpha():
+                earlier_forwarded[-1] += b";proto=" + proto
         forwarded = b", ".join([*earlier_forwarded, element]) if earlier_forwarded else element
         return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nForwarded: %s\r\n" % (
             chain,

@@ -238,6 +238,30 @@ async def test_a_trusted_proxys_forwarding_headers_are_extended(aiohttp_client: 
     assert headers["forwarded"].startswith('for=203.0.113.7;host="registry.example.org";proto=https, for=127.0.0.1;')
 
 
+async def test_forwarded_carries_the_chain_a_trusted_proxy_sent_in_x_forwarded_for(
+    aiohttp_client: Client, aiohttp_server: Any
+) -> None:
+    # nginx (deploy/nginx) sends X-Forwarded-For only; Forwarded must name the same hops.
+    seen: Seen = []
+    upstream = await aiohttp_server(recording_upstream(seen))
+    gateway = await start_gateway(
+        aiohttp_client, str(upstream.make_url("")), server={"trusted_proxies": ["127.0.0.0/8"]}
+    )
+    await gateway.get(
+        "/version",
+        headers={
+            "X-Forwarded-For": "203.0.113.7, 2001:db8::1,not-an-address",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "registry.example.org",
+        },
+    )
+    headers = {name.lower(): value for name, value in seen[0]["headers"]}
+    assert headers["x-forwarded-for"] == "203.0.113.7, 2001:db8::1,not-an-address, 127.0.0.1"
+    assert headers["forwarded"].startswith(
+        'for=203.0.113.7, for="[2001:db8::1]", for=unknown;host="registry.example.org";proto=https, for=127.0.0.1;'
+    )
+
+
 @pytest.mark.parametrize("forward_host", ["upstream", "client"])
 async def test_host_is_the_upstreams_or_the_clients_as_configured(
     aiohttp_client: Client, aiohttp_server: Any, forward_host: str

@@ -126,3 +126,20 @@ async def test_a_chunked_collection_post_reaches_the_registry_with_a_content_len
         assert behind.registry[STATE].collection_named(f"chunked-{via}") is not None
     (seen,) = [r for r in behind.registry[REQUEST_LOG] if r.path == "/v1/collections"]
     assert seen.chunked == (via == "registry")
+
+
+async def test_discovery_keeps_the_registrys_security_headers_and_names_the_gateway_as_issuer(
+    aiohttp_server: ServerFactory, session: aiohttp.ClientSession
+) -> None:
+    behind = await start_behind(aiohttp_server)
+    async with session.get(f"{behind.gateway_url}/assets/config/config.prod.json") as response:
+        assert response.status == 200
+        headers = response.headers
+        document = json.loads(await response.read())
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "same-origin"
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert headers["Content-Type"].startswith("application/json")  # the rewritten body, not the registry's text/html
+    assert document["auth"]["issuer"] == behind.gateway_url
+    assert document["libraryAPI"]["uri"] == behind.gateway_url

@@ -291,6 +291,21 @@ def storage_context(registry: Registry) -> Callable[[web.Application], AsyncIter
     return storage
 
 
+# Django 4.2's defaults, set on every response by SecurityMiddleware and XFrameOptionsMiddleware.
+SECURITY_HEADERS = (
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+)
+
+
+async def security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    if not request.path.startswith(FAKE_PREFIX):
+        for name, value in SECURITY_HEADERS:
+            response.headers.setdefault(name, value)
+
+
 def make_registry_app(settings: RegistrySettings) -> web.Application:
     """A fresh sregistry fake with empty state; start it with any aiohttp runner or test client."""
     registry = Registry(
@@ -307,6 +322,7 @@ def make_registry_app(settings: RegistrySettings) -> web.Application:
     app[STATE] = registry.state
     app[REQUEST_LOG] = registry.wire.log
     app.cleanup_ctx.append(storage_context(registry))
+    app.on_response_prepare.append(security_headers)
     app.router.add_get(FAKE_PREFIX + "log", fake_log)
     app.router.add_delete(FAKE_PREFIX + "log", fake_log_clear)
     app.router.add_get(FAKE_PREFIX + "state", fake_state)
