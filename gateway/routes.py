@@ -60,8 +60,9 @@ async def read_small_body(request: web.BaseRequest) -> bytes:
 def registry_headers(request: web.BaseRequest, policy: ForwardingPolicy) -> CIMultiDict[str]:
     """Headers for the gateway's own calls to the registry on behalf of a client: its credentials and identity.
 
-    The client's X-Forwarded-For is believed only from a trusted proxy, as when forwarding (the registry's
-    per-IP rate limits key on it)."""
+    The client's X-Forwarded-For is believed only from a trusted proxy, as when forwarding. sregistry's DRF
+    throttles key on it; its django-ratelimit limits key on REMOTE_ADDR only (the gateway), so they count every
+    client together whatever this says (docs/deploy.md)."""
     headers = CIMultiDict[str]()
     for name in ("Authorization", "User-Agent"):
         if name in request.headers:
