@@ -70,7 +70,7 @@ class UpstreamConfig:
     first_byte_timeout_seconds: float = 300.0
     pool_size: int = 100
     keepalive_seconds: float = 15.0
-    forward_host: Literal["upstream", "client"] = "upstream"
+    forward_host: Literal["upstream", "client"] = "client"
 
 
 @dataclass(frozen=True, slots=True)

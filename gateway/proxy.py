@@ -2,7 +2,8 @@
 
 The real sregistry punishes small liberties (PROTOCOL.md §9b), so requests go upstream as sent: the raw path and
 query, end-to-end headers in order, multiplicity and casing, the client's Content-Length (a sized body never turns
-chunked: G2), no Content-Type the client did not send (G1), bodies streamed both ways with backpressure.
+chunked, and a small chunked one gets a Content-Length: G2), no Content-Type the client did not send (G1), bodies
+streamed both ways with backpressure.
 
 The :class:`Forwarder` joins a client's request to a connection of the gateway's own HTTP/1.1 client
 (upstream.py, parsing in http1.py) and streams the answer back.
@@ -45,6 +46,9 @@ _FORWARDING_BYTES: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", 
 SKIP_AUTO_HEADERS: Final = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 SMALL_BODY_BYTES: Final = 64 * 1024  # request bodies up to this are read whole: one write, and replayable
+# Chunked request bodies up to this are read whole and sent with a Content-Length: uWSGI reads a chunked body as
+# empty (G2). Larger ones stream on chunked (docs/deploy.md).
+CHUNKED_BUFFER_BYTES: Final = 1024 * 1024
 MAX_FETCH_BYTES: Final = 1024 * 1024  # answers the gateway reads whole to edit (image metadata)
 CONTINUE_WAIT_S: Final = 1.0  # for the upstream's 100 Continue before telling the client to go on (as curl waits)
 
@@ -56,7 +60,7 @@ class ForwardingPolicy:
         self,
         upstream_authority: bytes,
         *,
-        forward_host: Literal["upstream", "client"] = "upstream",
+        forward_host: Literal["upstream", "client"] = "client",
         trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.upstream_authority = upstream_authority
@@ -99,6 +103,16 @@ def _forwarded_node(value: str) -> str:
     if ":" in value:  # IPv6 (RFC 7239 §6: bracketed and quoted)
         return f'"[{value}]"'
     return value or "unknown"
+
+
+def _forwarded_address(node: bytes) -> bytes:
+    """An X-Forwarded-For entry as a Forwarded node: an IP address, else "unknown" (never raw text, which could
+    carry ; or " into the header's syntax)."""
+    try:
+        address = ipaddress.ip_address(node.strip().decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return b"unknown"
+    return _forwarded_node(str(address)).encode("ascii")
 
 
 def expects_continue(request: web.BaseRequest) -> bool:
@@ -183,9 +197,11 @@ class Forwarder:
         raw_path: str | None = None,
         chunked: bool,
         with_body: bool = True,
+        content_length: int | None = None,
     ) -> bytes:
         """Request line and headers for the upstream: the client's end-to-end headers as they came, Host as
-        configured, and forwarding headers that trust earlier hops only when the peer is a trusted proxy."""
+        configured, and forwarding headers that trust earlier hops only when the peer is a trusted proxy.
+        ``content_length`` frames a chunked body the gateway read whole."""
         peer = request.remote or ""
         trusted = self.policy.trusts(peer)
         headers = request.headers
@@ -199,7 +215,7 @@ class Forwarder:
             lowered = name.lower()
             if lowered in _HOP_BY_HOP_BYTES or lowered in _REPLACED_BYTES or lowered in named:
                 continue
-            if not with_body and lowered == b"content-length":
+            if lowered == b"content-length" and (not with_body or content_length is not None):
                 continue
             if lowered in _FORWARDING_BYTES:
                 if trusted:
@@ -211,6 +227,8 @@ class Forwarder:
             out += (b"X-Request-Id: ", request_id.encode("ascii", "replace"), b"\r\n")
         if chunked:
             out.append(b"Transfer-Encoding: chunked\r\n")
+        elif content_length is not None:
+            out.append(b"Content-Length: %d\r\n" % content_length)
         out.append(self._forwarding_headers(request, peer, client_host, prior))
         out.append(b"\r\n")
         return b"".join(out)
@@ -228,7 +246,18 @@ class Forwarder:
             client_host.replace(b'"', b""),
             request.scheme.encode("ascii"),
         )
+        # The same trusted chain as X-Forwarded-For: a trusted proxy's Forwarded elements, or, when it sent only
+        # X-Forwarded-For (nginx), one for= element per address in it.
         earlier_forwarded = prior.get(b"forwarded")
+        if not earlier_forwarded and earlier_for:
+            earlier_forwarded = [
+                b"for=" + _forwarded_address(node) for value in earlier_for for node in value.split(b",")
+            ]
+            # The proxy's X-Forwarded-Host/Proto describe the request it received: the last hop's element.
+            if b"x-forwarded-host" in prior:
+                earlier_forwarded[-1] += b';host="%s"' % forwarded_host.replace(b'"', b"").replace(b"\\", b"")
+            if b"x-forwarded-proto" in prior and proto.isalpha():
+                earlier_forwarded[-1] += b";proto=" + proto
         forwarded = b", ".join([*earlier_forwarded, element]) if earlier_forwarded else element
         return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nForwarded: %s\r\n" % (
             chain,
@@ -245,12 +274,19 @@ class Forwarder:
         expect_continue = request.body_exists and expects_continue(request)
         streamed = chunked or expect_continue or (request.content_length or 0) > SMALL_BODY_BYTES
         body = b""
-        if request.body_exists and not streamed:
-            try:
+        content_length = None
+        try:
+            if chunked:
+                body, whole = await self._read_chunked_prefix(request, expect_continue)
+                expect_continue = False  # answered above: the client is sending
+                if whole:
+                    chunked = streamed = False
+                    content_length = len(body)
+            elif request.body_exists and not streamed:
                 body = await request.content.readexactly(request.content_length or 0)
-            except Exception:  # the client went away mid-body
-                return web.Response(status=499, reason="Client Closed Request")
-        head_bytes = self.request_head(request, chunked=chunked)
+        except Exception:  # the client went away mid-body, or sent a broken chunk
+            return web.Response(status=499, reason="Client Closed Request")
+        head_bytes = self.request_head(request, chunked=chunked, content_length=content_length)
         try:
             conn, head = await self._exchange(
                 request, head_bytes, body, streamed=streamed, chunked=chunked, expect_continue=expect_continue
@@ -258,6 +294,19 @@ class Forwarder:
         except ClientGone:
             return web.Response(status=499, reason="Client Closed Request")
         return await self._respond(request, conn, head, redirect_status)
+
+    async def _read_chunked_prefix(self, request: web.BaseRequest, expect_continue: bool) -> tuple[bytes, bool]:
+        """Up to CHUNKED_BUFFER_BYTES of a chunked body, and whether that was all of it. A client waiting for
+        100 Continue is told to go on first: the body decides how it is sent."""
+        if expect_continue:
+            await send_continue(request)
+        body = bytearray()
+        while len(body) <= CHUNKED_BUFFER_BYTES:
+            piece = await request.content.read(CHUNKED_BUFFER_BYTES + 1 - len(body))
+            if not piece:
+                return bytes(body), True
+            body += piece
+        return bytes(body), False
 
     async def fetch(self, request: web.BaseRequest, raw_path: str, *, rewrite_location: bool = True) -> UpstreamReply:
         """GET ``raw_path`` upstream with the client's headers and read the answer whole (at most 1 MiB)."""
@@ -311,6 +360,8 @@ class Forwarder:
                         conn.write(head_bytes)
                         if expect_continue:
                             await self._relay_continue(request, conn)
+                        if body:  # what was read to decide how to send the rest
+                            conn.writelines((b"%x\r\n" % len(body), body, b"\r\n") if chunked else (body,))
                         await self._send_stream(request, conn, chunked)
                     else:
                         conn.write(head_bytes + body if body else head_bytes)

@@ -30,6 +30,10 @@ log = logging.getLogger("gateway.routes")
 
 MAX_JSON_BODY: Final = 1024 * 1024  # intercepted routes carry small JSON bodies
 DISCOVERY_PATH: Final = "/assets/config/config.prod.json"
+# Headers of an answer that no longer fit once its body is rewritten (hop-by-hop ones are gone already).
+_REWRITTEN_BODY_HEADERS: Final = frozenset(
+    {"content-length", "content-type", "content-encoding", "transfer-encoding", "etag", "content-md5", "digest"}
+)
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 UploadHandler = Callable[[web.BaseRequest, str], Awaitable[Any]]
@@ -56,8 +60,9 @@ async def read_small_body(request: web.BaseRequest) -> bytes:
 def registry_headers(request: web.BaseRequest, policy: ForwardingPolicy) -> CIMultiDict[str]:
     """Headers for the gateway's own calls to the registry on behalf of a client: its credentials and identity.
 
-    The client's X-Forwarded-For is believed only from a trusted proxy, as when forwarding (the registry's
-    per-IP rate limits key on it)."""
+    The client's X-Forwarded-For is believed only from a trusted proxy, as when forwarding. sregistry's DRF
+    throttles key on it; its django-ratelimit limits key on REMOTE_ADDR only (the gateway), so they count every
+    client together whatever this says (docs/deploy.md)."""
     headers = CIMultiDict[str]()
     for name in ("Authorization", "User-Agent"):
         if name in request.headers:
@@ -186,16 +191,19 @@ class Handlers:
             return _passthrough(answer.status, answer.body, document)
         library = document.get("libraryAPI")
         own_uri = library.get("uri") if isinstance(library, dict) else None
-        for section in ("libraryAPI", "keystoreAPI", "tokenAPI"):
+        # The URIs naming the registry itself (its DOMAIN_NAME, or upstream.url) now name the gateway.
+        for section, key in (("libraryAPI", "uri"), ("keystoreAPI", "uri"), ("tokenAPI", "uri"), ("auth", "issuer")):
             entry = document.get(section)
-            uri = entry.get("uri") if isinstance(entry, dict) else None
+            uri = entry.get(key) if isinstance(entry, dict) else None
             if (
                 isinstance(entry, dict)
                 and isinstance(uri, str)
                 and (uri == own_uri or self.service.points_at_upstream(uri))
             ):
-                entry["uri"] = self.service.public_url
-        return web.json_response(document)
+                entry[key] = self.service.public_url
+        # The registry's own headers (X-Frame-Options, Referrer-Policy...) stay; those describing the old body go.
+        headers = CIMultiDict((k, v) for k, v in answer.headers.items() if k.lower() not in _REWRITTEN_BODY_HEADERS)
+        return web.json_response(document, headers=headers)
 
     # -- the gateway's own prefix ------------------------------------------------------------------------
 

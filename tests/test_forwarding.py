@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.app import Gateway
+from gateway.proxy import CHUNKED_BUFFER_BYTES
 from tests.gateway_fixtures import GatewayTestServer, gateway_config
 from tests.proxy_harness import RawUpstream
 
@@ -42,7 +43,9 @@ def recording_upstream(seen: Seen) -> web.Application:
         if request.path == "/redirect/s3":
             raise web.HTTPFound("http://127.0.0.1:9/sregistry/c/n%3Asha256.ab?X-Amz-Signature=old")
         if request.path == "/redirect/self":
-            raise web.HTTPFound(f"http://{request.host}/v1/other?x=1")
+            # Named by its own address, as a registry does with DOMAIN_NAME left on it (whatever Host came in).
+            host, port = request.transport.get_extra_info("sockname")[:2] if request.transport else ("", 0)
+            raise web.HTTPFound(f"http://{host}:{port}/v1/other?x=1")
         if request.path == "/redirect/elsewhere":
             raise web.HTTPTemporaryRedirect("https://mirror.example.org/v1/imagefile/x")
         if request.path == "/stream":
@@ -63,7 +66,7 @@ def recording_upstream(seen: Seen) -> web.Application:
             return web.Response(status=304, headers={"ETag": '"v1"'})
         return web.Response(body=b"echo:" + body, headers={"X-Upstream": "yes", "Content-Type": "text/plain"})
 
-    app = web.Application()
+    app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", record)
     return app
 
@@ -116,15 +119,35 @@ async def test_a_sized_body_above_the_small_limit_keeps_its_content_length(gatew
     assert ("Content-Length", str(len(body))) in gateway.seen[0]["headers"]
 
 
-async def test_a_chunked_request_body_stays_chunked(gateway: Any) -> None:
-    async def body() -> Any:
-        for part in (b"a" * 1000, b"b" * 1000):
-            yield part
+async def chunks(*parts: bytes) -> Any:
+    for part in parts:
+        yield part
 
-    response = await gateway.put("/v1/imagefile/1", data=body())
+
+@pytest.mark.parametrize("expect100", [False, True])
+async def test_a_small_chunked_request_body_goes_up_with_a_content_length(gateway: Any, expect100: bool) -> None:
+    # uWSGI reads a chunked body as empty (PROTOCOL.md G2); curl -T - also sends Expect: 100-continue.
+    response = await gateway.put("/v1/tags/1", data=chunks(b"a" * 1000, b"b" * 1000), expect100=expect100)
+    assert response.status == 200
+    assert await response.read() == b"echo:" + b"a" * 1000 + b"b" * 1000
+    assert not gateway.seen[0]["chunked"]
+    assert ("Content-Length", "2000") in gateway.seen[0]["headers"]
+
+
+async def test_a_chunked_request_body_above_the_buffer_stays_chunked(gateway: Any) -> None:
+    big = b"c" * (CHUNKED_BUFFER_BYTES // 2)
+    response = await gateway.put("/v1/imagefile/1", data=chunks(big, big, b"d"))
     assert response.status == 200
     assert gateway.seen[0]["chunked"]
-    assert gateway.seen[0]["body"] == b"a" * 1000 + b"b" * 1000
+    assert gateway.seen[0]["body"] == big + big + b"d"
+    assert "content-length" not in {name.lower() for name, _ in gateway.seen[0]["headers"]}
+
+
+async def test_a_chunked_body_of_exactly_the_buffer_size_goes_up_sized(gateway: Any) -> None:
+    body = b"e" * CHUNKED_BUFFER_BYTES
+    response = await gateway.put("/v1/imagefile/1", data=chunks(body[:1000], body[1000:]))
+    assert response.status == 200
+    assert not gateway.seen[0]["chunked"] and gateway.seen[0]["body"] == body
 
 
 async def test_request_headers_keep_their_order_multiplicity_and_casing(gateway: Any) -> None:
@@ -213,6 +236,30 @@ async def test_a_trusted_proxys_forwarding_headers_are_extended(aiohttp_client: 
     assert headers["x-forwarded-proto"] == "https"
     assert headers["x-forwarded-host"] == "registry.example.org"
     assert headers["forwarded"].startswith('for=203.0.113.7;host="registry.example.org";proto=https, for=127.0.0.1;')
+
+
+async def test_forwarded_carries_the_chain_a_trusted_proxy_sent_in_x_forwarded_for(
+    aiohttp_client: Client, aiohttp_server: Any
+) -> None:
+    # nginx (deploy/nginx) sends X-Forwarded-For only; Forwarded must name the same hops.
+    seen: Seen = []
+    upstream = await aiohttp_server(recording_upstream(seen))
+    gateway = await start_gateway(
+        aiohttp_client, str(upstream.make_url("")), server={"trusted_proxies": ["127.0.0.0/8"]}
+    )
+    await gateway.get(
+        "/version",
+        headers={
+            "X-Forwarded-For": "203.0.113.7, 2001:db8::1,not-an-address",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "registry.example.org",
+        },
+    )
+    headers = {name.lower(): value for name, value in seen[0]["headers"]}
+    assert headers["x-forwarded-for"] == "203.0.113.7, 2001:db8::1,not-an-address, 127.0.0.1"
+    assert headers["forwarded"].startswith(
+        'for=203.0.113.7, for="[2001:db8::1]", for=unknown;host="registry.example.org";proto=https, for=127.0.0.1;'
+    )
 
 
 @pytest.mark.parametrize("forward_host", ["upstream", "client"])

@@ -189,7 +189,7 @@ async def test_connections_to_the_replicas_are_kept_alive(nginx: NginxProcess, s
 
 async def test_the_gateway_learns_the_client_address_scheme_and_host(nginx: NginxProcess, stand_ins: StandIns) -> None:
     path = unique_path("/version")
-    headers = {"Host": "registry.example.test", "X-Forwarded-For": "203.0.113.9"}
+    headers = {"Host": "registry.example.test", "X-Forwarded-For": "203.0.113.9", "Forwarded": "for=203.0.113.9"}
     async with session() as client, client.get(nginx.url + path, headers=headers) as response:
         assert response.status == 200
     (seen,) = stand_ins.recorder.seen(path)
@@ -197,6 +197,7 @@ async def test_the_gateway_learns_the_client_address_scheme_and_host(nginx: Ngin
     assert seen.headers["X-Forwarded-For"] == LOOPBACK  # the client's own claim is not passed on
     assert seen.headers["X-Forwarded-Proto"] == "http"
     assert seen.headers["X-Forwarded-Host"] == "registry.example.test"
+    assert "Forwarded" not in seen.headers  # the gateway derives it from X-Forwarded-For
     assert re.fullmatch(r"[0-9a-f]{32}", seen.headers["X-Request-Id"])
 
 

@@ -130,7 +130,9 @@ async def test_a_client_aborting_a_chunked_upload_never_completes_it_upstream(
 ) -> None:
     gateway = await start_gateway(aiohttp_client, upstream)
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-    writer.write(b"PUT /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"100000\r\n" + b"k" * MIB)
+    # Past the gateway's chunked buffer (CHUNKED_BUFFER_BYTES), so the upload is streaming when the client leaves.
+    chunk = b"100000\r\n" + b"k" * MIB + b"\r\n"
+    writer.write(b"PUT /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + chunk)
     await writer.drain()
     await asyncio.sleep(0.2)
     writer.transport.abort()

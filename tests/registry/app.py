@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import views
+from . import views, webui
 from .context import REGISTRY, REQUEST_LOG, STATE, Registry
 from .objectstore import LocalFiles, S3Bucket
 from .replies import (
@@ -148,6 +148,9 @@ ROUTES: tuple[Route, ...] = (
         rate_limited=("GET", "POST"),
     ),
     route("LibraryBaseView", r"^v1/$", {"GET": views.library_base}),
+    # The web side (shub/urls.py): Django admin's login form and the DRF router's paginated list.
+    route("admin_login", r"^admin/login/$", {"GET": webui.admin_login, "POST": webui.admin_login}, drf=False),
+    route("ContainerViewSet", r"^api/containers/?$", {"GET": webui.api_containers}),
     route(
         "download_container",
         r"^containers/(?P<cid>\d+)/download/(?P<secret>.+?)$",
@@ -158,11 +161,6 @@ ROUTES: tuple[Route, ...] = (
 )
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-class CsrfFailure(DjangoError):
-    status = 403
-    page = "<h1>Forbidden <span>(403)</span></h1><p>CSRF verification failed. Request aborted.</p>"
 
 
 def match_route(flavour: Flavour, path: str) -> tuple[Route, dict[str, str]] | None:
@@ -193,9 +191,8 @@ def select_view(matched: Route, method: str) -> View | None:
     if matched.drf:
         # Django's View.setup(): HEAD runs the GET handler.
         return matched.methods.get(method) or (matched.methods.get("GET") if method == "HEAD" else None)
-    if method in UNSAFE_METHODS:
-        return None
-    return matched.methods["GET"]  # a function view answers every safe method alike
+    # A function view answers every method it does not check alike (unsafe ones once past the CSRF check).
+    return matched.methods.get(method) or matched.methods["GET"]
 
 
 def make_dispatcher(registry: Registry) -> View:
@@ -206,9 +203,9 @@ def make_dispatcher(registry: Registry) -> View:
         if matched is None:
             raise PageNotFound()
         target, groups = matched
+        if not target.drf and request.method in UNSAFE_METHODS:
+            await webui.check_csrf(request)  # CsrfViewMiddleware; DRF's APIViews are csrf_exempt
         view = select_view(target, request.method)
-        if view is None and not target.drf:
-            raise CsrfFailure()
         if view is None:
             response: web.StreamResponse = (
                 drf_json({"name": target.name, "renders": ["application/json"]})
@@ -294,6 +291,21 @@ def storage_context(registry: Registry) -> Callable[[web.Application], AsyncIter
     return storage
 
 
+# Django 4.2's defaults, set on every response by SecurityMiddleware and XFrameOptionsMiddleware.
+SECURITY_HEADERS = (
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+)
+
+
+async def security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    if not request.path.startswith(FAKE_PREFIX):
+        for name, value in SECURITY_HEADERS:
+            response.headers.setdefault(name, value)
+
+
 def make_registry_app(settings: RegistrySettings) -> web.Application:
     """A fresh sregistry fake with empty state; start it with any aiohttp runner or test client."""
     registry = Registry(
@@ -310,6 +322,7 @@ def make_registry_app(settings: RegistrySettings) -> web.Application:
     app[STATE] = registry.state
     app[REQUEST_LOG] = registry.wire.log
     app.cleanup_ctx.append(storage_context(registry))
+    app.on_response_prepare.append(security_headers)
     app.router.add_get(FAKE_PREFIX + "log", fake_log)
     app.router.add_delete(FAKE_PREFIX + "log", fake_log_clear)
     app.router.add_get(FAKE_PREFIX + "state", fake_state)
