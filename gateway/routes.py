@@ -7,6 +7,7 @@ library API and ``/_gateway/`` are ours, everything else is forwarded.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -73,6 +74,7 @@ class Handlers:
         self.service = service
         self.forwarder = forwarder
         self.downloads = Downloads(service, forwarder)
+        self._image_ids = re.compile(service.config.uploads.image_id_pattern)
         self._multipart_routes: dict[str, dict[str, UploadHandler]] = {
             "_multipart": {"POST": self.start, "PUT": self.presign_part},
             "_multipart_complete": {"PUT": self.complete},
@@ -92,6 +94,9 @@ class Handlers:
             handler = self._upload_handler(request.method, segments)
             if handler is not None:
                 return await self._logged(request, handler, unquote(segments[3]))
+            if len(segments) == 5 and segments[4] == "_complete":
+                # The legacy completion is the registry's, but an id it cannot parse is its 500 (a 502 here).
+                check_image_id(unquote(segments[3]), self._image_ids)
         if _disguised_multipart_route(path):
             # The registry would route it to its own multipart views (its abort deletes the image row).
             raise InvalidRequest("ambiguous path: multipart routes must be written plainly")
@@ -119,7 +124,7 @@ class Handlers:
         fields: dict[str, object] = {}
         UPLOAD_FIELDS.set(fields)
         try:
-            response: web.StreamResponse = await handler(request, check_image_id(raw_id))
+            response: web.StreamResponse = await handler(request, check_image_id(raw_id, self._image_ids))
             outcome = str(response.status)
             return response
         finally:

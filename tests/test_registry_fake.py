@@ -309,11 +309,21 @@ async def test_the_upload_url_needs_the_collection_owner(registry: Client) -> No
     assert (await post_json(registry, "/v2/imagefile/999", {})).status == 404
 
 
-@pytest.mark.parametrize("image_id", ["abc", "1/extra", "sha256.1"])
-async def test_a_non_numeric_image_id_is_a_500_html_page(registry: Client, image_id: str) -> None:
-    reply = await post_json(registry, f"/v2/imagefile/{image_id}", {})
+@pytest.mark.parametrize("suffix", ["", "/_multipart"])
+@pytest.mark.parametrize(
+    "image_id", ["abc", "1/extra", "sha256.1", "1.0", "99999999999999999999999", "-9223372036854775809"]
+)
+async def test_a_non_numeric_or_overflowing_image_id_is_a_500_html_page(
+    registry: Client, image_id: str, suffix: str
+) -> None:
+    # int() raises ValueError; an int past SQLite's signed 64-bit INTEGER raises OverflowError in the query.
+    reply = await post_json(registry, f"/v2/imagefile/{image_id}{suffix}", {"filesize": 5}, ALICE)
     assert reply.status == 500
     assert reply.headers["Content-Type"].startswith("text/html")
+
+
+async def test_an_id_within_64_bits_is_looked_up(registry: Client) -> None:
+    assert (await post_json(registry, "/v2/imagefile/9223372036854775807", {})).status == 404
 
 
 async def test_complete_answers_200_with_an_empty_body_and_no_token(registry: Client) -> None:

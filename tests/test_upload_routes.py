@@ -325,6 +325,37 @@ async def test_disguised_multipart_routes_are_refused_and_never_reach_the_regist
     assert not stack.requests_seen_by_registry
 
 
+HOSTILE_IDS = ["abc", "1.0", "99999999999999999999999", "9223372036854775808", "042", "+1"]
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [("POST", ""), ("POST", "/_multipart"), ("PUT", "/_multipart"), ("PUT", "/_multipart_complete"),
+     ("PUT", "/_multipart_abort"), ("PUT", "/_complete")],
+)  # fmt: skip
+async def test_ids_sregistry_cannot_parse_are_400_from_the_gateway_and_never_reach_the_registry(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession, method: str, suffix: str
+) -> None:
+    # The fake fails on them as sregistry does (ValueError, OverflowError: a 500, which the gateway makes a 502).
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    for image_id in HOSTILE_IDS:
+        answer = await client.call(method, f"/v2/imagefile/{image_id}{suffix}", {"filesize": 10, "uploadID": "x"})
+        assert answer.status == 400, (image_id, answer.body)
+        assert answer.json["error"]["message"].startswith("image id must match")
+    assert not stack.requests_seen_by_registry
+
+
+async def test_another_registrys_object_ids_pass_with_the_documented_pattern(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs, uploads={"image_id_pattern": "[0-9a-f]{24}"})
+    client = LibraryClient(session, stack.gateway_url)
+    assert (await client.call("POST", "/v2/imagefile/101", {"filesize": 10})).status == 400
+    await client.call("POST", "/v2/imagefile/5f1e3b2c9d4a6e7f8a9b0c1d", {"filesize": 10})
+    assert [r.path for r in stack.requests_seen_by_registry] == ["/v2/imagefile/5f1e3b2c9d4a6e7f8a9b0c1d"]
+
+
 async def test_a_client_cannot_spoof_its_address_to_the_registrys_rate_limits(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
 ) -> None:

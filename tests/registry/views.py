@@ -333,7 +333,9 @@ async def multipart_start(request: web.Request, upload_id: str) -> web.StreamRes
     registry = registry_of(request)
     if registry.token_user(request) is None:
         return drf_empty(403)
+    # The container is looked up first (an id it cannot parse is a 500, as seen on sregistry 2.1.2); then
     # MINIO_MULTIPART_UPLOAD=false: 404 before the body is read, so the client falls back to §5.
+    registry.image_by_id(upload_id)
     return drf_empty(404)
 
 
