@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from tests.realclient import RealClient
 from tests.registry import REQUEST_LOG, STATE, RegistrySettings, make_registry_app, reconfigure
+from tests.registry.app import ROUTES, match_route
 from tests.s3servers import SeaweedFS
 
 ALICE = hashlib.sha1(b"alice").hexdigest()
@@ -351,6 +352,43 @@ async def test_multipart_abort_deletes_the_image_row(registry: Client) -> None:
     assert reply.status == 200
     assert int(image["id"]) not in registry.server.app[STATE].images
     assert (await post_json(registry, f"/v2/imagefile/{image['id']}", {})).status == 404
+
+
+# shub/apps/library/urls.py on sregistry master, the v2/imagefile routes in order (Django matches the decoded
+# path without its leading slash; .+? spans slashes and "?" makes the last letter optional).
+SREGISTRY_IMAGEFILE_ROUTES = [
+    ("CompletePushImageFileView", r"^v2/imagefile/(?P<container_id>.+?)/_complete?$"),
+    ("RequestMultiPartPushImageFileView", r"^v2/imagefile/(?P<upload_id>.+?)/_multipart?$"),
+    ("RequestMultiPartAbortView", r"^v2/imagefile/(?P<upload_id>.+?)/_multipart_abort?$"),
+    ("RequestMultiPartCompleteView", r"^v2/imagefile/(?P<upload_id>.+?)/_multipart_complete?$"),
+    ("RequestPushImageFileView", r"^v2/imagefile/(?P<container_id>.+?)/?$"),
+]
+
+
+def test_the_fake_routes_v2_imagefile_with_sregistrys_own_regexes() -> None:
+    fake = {route.name: route.pattern.pattern for route in ROUTES if route.name in dict(SREGISTRY_IMAGEFILE_ROUTES)}
+    assert fake == dict(SREGISTRY_IMAGEFILE_ROUTES)
+    for path, view in [
+        ("/v2/imagefile/101/_multipar", "RequestMultiPartPushImageFileView"),
+        ("/v2/imagefile/101/_multipart_abor", "RequestMultiPartAbortView"),
+        ("/v2/imagefile/101/_multipart_complet", "RequestMultiPartCompleteView"),
+        ("/v2/imagefile/101/x/_multipart_abort", "RequestMultiPartAbortView"),
+        ("/v2/imagefile/101/_complet", "CompletePushImageFileView"),
+        ("/v2/imagefile/101/", "RequestPushImageFileView"),
+        ("/v2/imagefile/101/_multipart/", "RequestPushImageFileView"),
+    ]:
+        matched = match_route("s3", path)
+        assert matched is not None and matched[0].name == view, path
+
+
+async def test_a_near_miss_abort_path_deletes_the_image_row(registry: Client) -> None:
+    await create_collection(registry, "c1")
+    image = await new_image(registry, "c1")
+    reply = await registry.put(
+        f"/v2/imagefile/{image['id']}/_multipart_abor", data=b'{"uploadID":"x"}', headers=auth(ALICE)
+    )
+    assert reply.status == 200
+    assert int(image["id"]) not in registry.server.app[STATE].images
 
 
 async def test_multipart_complete_for_an_upload_never_started_is_a_500(registry: Client) -> None:

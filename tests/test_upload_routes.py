@@ -325,6 +325,55 @@ async def test_disguised_multipart_routes_are_refused_and_never_reach_the_regist
     assert not stack.requests_seen_by_registry
 
 
+def registry_upload_views_near(image_id: str) -> list[str]:
+    """Paths sregistry routes to one of its v2/imagefile views (patterns quoted in test_registry_fake.py,
+    SREGISTRY_IMAGEFILE_ROUTES) that are not the library API's plain shapes."""
+    paths = [f"/v2/imagefile/{image_id}/", f"/v2/imagefile/{image_id}/x", "/v2/imagefile/", "/v2/imagefile"]
+    for action in ("_complete", "_multipart", "_multipart_abort", "_multipart_complete"):
+        paths += [
+            f"/v2/imagefile/{image_id}/{action[:-1]}",  # "?" makes the last letter optional
+            f"/v2/imagefile/{image_id}/x/{action}",  # .+? spans slashes
+            f"/v2/imagefile/x/../{image_id}/{action}",
+            f"/v2/imagefile/{image_id}/{action}/",  # the catch-all legacy view, id "{id}/{action}"
+            f"/v2/imagefile/{image_id}%2F{action}",  # decoded by the registry
+            f"/v2/%69magefile/{image_id}/{action}",
+        ]
+    return paths
+
+
+async def test_every_path_the_registry_routes_to_its_upload_views_is_refused_unless_written_plainly(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    for path in registry_upload_views_near(image_id):
+        for method in ("POST", "PUT"):
+            answer = await client.call(method, path, {"filesize": 10, "uploadID": "x"})
+            assert answer.status == 400 and answer.json["error"]["code"] == 400, (method, path, answer.body)
+    assert [(r.method, r.path) for r in stack.requests_seen_by_registry if "imagefile" in r.path] == []
+    # sregistry's abort view (reached as _multipart_abor) deletes the image row: it is still there.
+    assert int(image_id) in stack.registry_state.images
+
+
+async def test_the_legacy_completion_is_the_only_v2_imagefile_shape_forwarded(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    assert (await client.call("PUT", f"/v2/imagefile/{image_id}/_complete", {})).status == 200
+    for method, path in [
+        ("GET", f"/v2/imagefile/{image_id}/_complete"),
+        ("GET", f"/v2/imagefile/{image_id}"),
+        ("DELETE", f"/v2/imagefile/{image_id}/_multipart_abort"),
+    ]:
+        answer = await client.call(method, path)
+        assert answer.status == 405 and answer.json["error"]["code"] == 405, (method, path)
+    seen = [(r.method, r.path) for r in stack.requests_seen_by_registry if "imagefile" in r.path]
+    assert seen == [("PUT", f"/v2/imagefile/{image_id}/_complete")]
+
+
 HOSTILE_IDS = ["abc", "1.0", "99999999999999999999999", "9223372036854775808", "042", "+1"]
 
 
