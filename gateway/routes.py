@@ -32,6 +32,7 @@ log = logging.getLogger("gateway.routes")
 
 MAX_JSON_BODY: Final = 1024 * 1024  # intercepted routes carry small JSON bodies
 DISCOVERY_PATH: Final = "/assets/config/config.prod.json"
+OCI_REDIRECT_PATH: Final = "/v1/oci-redirect"
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 UploadHandler = Callable[[web.BaseRequest, str], Awaitable[Any]]
@@ -94,6 +95,10 @@ class Handlers:
             return await self.gateway_route(request, path)
         if _under_imagefile(path):
             return await self.imagefile_route(request, path)
+        if path == OCI_REDIRECT_PATH:
+            # The v1.4.x clients' preflight (PROTOCOL.md §3, step 0): any 200 switches them to OCI push and pull
+            # against the URL in the reply, around the gateway. A library behind it is never an OCI registry.
+            raise NotFound("no OCI registry behind this library")
         if path == DISCOVERY_PATH and request.method == "GET":
             return await self.discovery(request)
         if self.downloads.handles(request.method, path):
@@ -126,7 +131,7 @@ class Handlers:
                 "upload route",
                 extra={
                     "event": "route",
-                    "route": request.raw_path.partition("?")[0].rsplit("/", 1)[-1],
+                    "route": route_class(request.method, request.raw_path),
                     "method": request.method,
                     "image_id": raw_id[:128],
                     "outcome": outcome,
@@ -247,6 +252,8 @@ def route_class(method: str, raw_path: str) -> str:
         return "download"
     if path == DISCOVERY_PATH:
         return "discovery"
+    if path == OCI_REDIRECT_PATH:
+        return "oci-redirect"
     return "proxy"
 
 

@@ -140,6 +140,16 @@ async def test_unknown_paths_are_404_html(registry: Client) -> None:
         assert reply.headers["Content-Type"].startswith("text/html")
 
 
+async def test_the_oci_preflight_is_404_unless_the_fake_plays_a_library_with_an_oci_registry(registry: Client) -> None:
+    path = "/v1/oci-redirect?accessTypes=pull%2Cpush&mapped=1&namespace=alice%2Fc1%2Fn"
+    assert (await registry.get(path, headers=auth(ALICE))).status == 404  # sregistry: no such route
+    reconfigure(registry.server.app, oci_redirect_url="https://oci.example.org")
+    reply = await registry.get(path, headers=auth(ALICE))
+    assert reply.status == 200
+    answer = await reply.json()
+    assert (answer["url"], answer["name"]) == ("https://oci.example.org", "alice/c1/n") and answer["token"]
+
+
 # --- auth ------------------------------------------------------------------------------------------------
 
 

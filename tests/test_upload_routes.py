@@ -14,7 +14,7 @@ import pytest
 from tests.libclient import LibraryClient
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
-from tests.stack import MIB, OTHER_TOKEN, USER, start_stack, unique_ref
+from tests.stack import MIB, OTHER_TOKEN, TOKEN, USER, start_stack, unique_ref
 
 FILE = os.urandom(70 * MIB + 12345)  # three parts of 32 MiB, the last one short
 FILE_SHA = hashlib.sha256(FILE).hexdigest()
@@ -372,6 +372,28 @@ async def test_the_legacy_completion_is_the_only_v2_imagefile_shape_forwarded(
         assert answer.status == 405 and answer.json["error"]["code"] == 405, (method, path)
     seen = [(r.method, r.path) for r in stack.requests_seen_by_registry if "imagefile" in r.path]
     assert seen == [("PUT", f"/v2/imagefile/{image_id}/_complete")]
+
+
+OCI_PREFLIGHT = "/v1/oci-redirect?accessTypes=pull%2Cpush&mapped=1&namespace=alice%2Fc%2Fn"  # PROTOCOL.md §3 step 0
+
+
+@pytest.mark.parametrize("registry_answers", [404, 200])
+async def test_the_oci_preflight_never_answers_200_through_the_gateway(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession, registry_answers: int
+) -> None:
+    # sregistry has no such route (404); a library server with an OCI registry answers 200, which would switch
+    # the v1.4.x clients to OCI push and pull against its URL, around the gateway.
+    url = "https://oci.example.org" if registry_answers == 200 else None
+    stack = await start_stack(aiohttp_server, seaweedfs, registry_settings={"oci_redirect_url": url})
+    async with session.get(stack.registry_url + OCI_PREFLIGHT, headers={"Authorization": f"Bearer {TOKEN}"}) as direct:
+        assert direct.status == registry_answers
+    seen = len(stack.requests_seen_by_registry)
+    client = LibraryClient(session, stack.gateway_url)
+    for method in ("GET", "HEAD"):
+        answer = await client.call(method, OCI_PREFLIGHT)
+        assert answer.status == 404, answer.body
+    assert (await client.call("GET", OCI_PREFLIGHT)).json["error"]["code"] == 404
+    assert len(stack.requests_seen_by_registry) == seen
 
 
 HOSTILE_IDS = ["abc", "1.0", "99999999999999999999999", "9223372036854775808", "042", "+1"]
