@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 from .sigv4 import MAX_EXPIRES_S, Endpoint
 
 __all__ = [
+    "DEFAULT_IMAGE_ID_PATTERN",
     "MAX_PART_SIZE",
     "MIN_PART_SIZE",
     "Config",
@@ -36,6 +38,8 @@ MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB  # S3: every part but the last
 MAX_PART_SIZE = 5 * 1024 * MIB  # S3: any part
 ENV_PREFIX = "GATEWAY_"
+# sregistry's ids: SQLite/PostgreSQL integer keys from 1; up to 18 digits always fits a signed 64-bit INTEGER.
+DEFAULT_IMAGE_ID_PATTERN = "[1-9][0-9]{0,17}"
 SECRET_KEYS = frozenset({"s3.secret_key", "uploads.token_secret", "uploads.previous_token_secrets"})
 
 
@@ -100,6 +104,7 @@ class UploadsConfig:
     staging_prefix: str = "_gateway/"
     sweep_interval_seconds: float = 0.0
     sweep_grace_seconds: int = 3600
+    image_id_pattern: str = DEFAULT_IMAGE_ID_PATTERN
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +274,12 @@ def _validate(config: Config) -> None:
         raise ConfigError("uploads.token_ttl_seconds: must be positive")
     if not uploads.staging_prefix or uploads.staging_prefix.startswith("/"):
         raise ConfigError("uploads.staging_prefix: must be a non-empty key prefix not starting with '/'")
+    if not uploads.image_id_pattern:
+        raise ConfigError("uploads.image_id_pattern: must not be empty")
+    try:
+        re.compile(uploads.image_id_pattern)
+    except re.error as error:
+        raise ConfigError(f"uploads.image_id_pattern: not a regular expression ({error})") from None
     for where, number in (
         ("server.shutdown_grace_seconds", config.server.shutdown_grace_seconds),
         ("upstream.connect_timeout_seconds", config.upstream.connect_timeout_seconds),

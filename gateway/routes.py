@@ -1,12 +1,14 @@
 """Thin aiohttp handlers and the dispatch that decides what the gateway answers itself.
 
-Dispatch works on the raw path (never normalised, the way the upstream will see it): the upload routes of the
-library API and ``/_gateway/`` are ours, everything else is forwarded.
+Dispatch works on the raw path (never normalised, the way the upstream will see it): ``/_gateway/`` and every
+path the registry could route to one of its ``v2/imagefile`` views are ours (answered, or refused unless written
+plainly; only the legacy ``_complete`` is forwarded), everything else is forwarded.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -34,6 +36,7 @@ DISCOVERY_PATH: Final = "/assets/config/config.prod.json"
 _REWRITTEN_BODY_HEADERS: Final = frozenset(
     {"content-length", "content-type", "content-encoding", "transfer-encoding", "etag", "content-md5", "digest"}
 )
+OCI_REDIRECT_PATH: Final = "/v1/oci-redirect"
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 UploadHandler = Callable[[web.BaseRequest, str], Awaitable[Any]]
@@ -78,7 +81,11 @@ class Handlers:
         self.service = service
         self.forwarder = forwarder
         self.downloads = Downloads(service, forwarder)
-        self._multipart_routes: dict[str, dict[str, UploadHandler]] = {
+        self._image_ids = re.compile(service.config.uploads.image_id_pattern)
+        # Every v2/imagefile shape the gateway lets through, by its last segment ("": the legacy start).
+        self._imagefile_routes: dict[str, dict[str, UploadHandler]] = {
+            "": {"POST": self.legacy_start},
+            "_complete": {"PUT": self.legacy_complete},
             "_multipart": {"POST": self.start, "PUT": self.presign_part},
             "_multipart_complete": {"PUT": self.complete},
             "_multipart_abort": {"PUT": self.abort},
@@ -91,32 +98,29 @@ class Handlers:
             raise InvalidRequest("request target must be a path starting with /")
         if path.startswith("/_gateway/"):
             return await self.gateway_route(request, path)
-        segments = path.split("/")
-        # ["", "v2", "imagefile", id, action?]
-        if len(segments) in (4, 5) and segments[1] == "v2" and segments[2] == "imagefile":
-            handler = self._upload_handler(request.method, segments)
-            if handler is not None:
-                return await self._logged(request, handler, unquote(segments[3]))
-        if _disguised_multipart_route(path):
-            # The registry would route it to its own multipart views (its abort deletes the image row).
-            raise InvalidRequest("ambiguous path: multipart routes must be written plainly")
+        if _under_imagefile(path):
+            return await self.imagefile_route(request, path)
+        if path == OCI_REDIRECT_PATH:
+            # The v1.4.x clients' preflight (PROTOCOL.md §3, step 0): any 200 switches them to OCI push and pull
+            # against the URL in the reply, around the gateway. A library behind it is never an OCI registry.
+            raise NotFound("no OCI registry behind this library")
         if path == DISCOVERY_PATH and request.method == "GET":
             return await self.discovery(request)
         if self.downloads.handles(request.method, path):
             return await self.downloads.answer(request, path)
         return await self.forwarder.forward(request)
 
-    def _upload_handler(self, method: str, segments: list[str]) -> UploadHandler | None:
-        if len(segments) == 4:
-            return self.legacy_start if method == "POST" else None
-        methods = self._multipart_routes.get(segments[4])
-        if methods is None:
-            return None
-        handler = methods.get(method)
-        if handler is None:
-            # Multipart calls are never forwarded: sregistry's abort deletes the image row (G6).
-            return self.method_not_allowed
-        return handler
+    async def imagefile_route(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        """Every path the registry could route to one of its ``v2/imagefile`` views is answered or refused here:
+        only the plain shapes of the library API pass, and of those only the legacy completion is forwarded."""
+        shape = _imagefile_shape(path)
+        methods = None if shape is None else self._imagefile_routes.get(shape[1])
+        if shape is None or methods is None:
+            # sregistry's own multipart views would answer it (near misses such as _multipar, extra segments,
+            # encoded or dotted spellings): its part URLs are unbound and its abort deletes the image row (G6).
+            raise InvalidRequest("not an upload route of the library API: v2/imagefile/{id}[/_multipart...]")
+        handler = methods.get(request.method, self.method_not_allowed)
+        return await self._logged(request, handler, shape[0])
 
     async def _logged(self, request: web.BaseRequest, handler: UploadHandler, raw_id: str) -> web.StreamResponse:
         started = time.perf_counter()
@@ -124,7 +128,7 @@ class Handlers:
         fields: dict[str, object] = {}
         UPLOAD_FIELDS.set(fields)
         try:
-            response: web.StreamResponse = await handler(request, check_image_id(raw_id))
+            response: web.StreamResponse = await handler(request, check_image_id(raw_id, self._image_ids))
             outcome = str(response.status)
             return response
         finally:
@@ -132,7 +136,7 @@ class Handlers:
                 "upload route",
                 extra={
                     "event": "route",
-                    "route": request.raw_path.partition("?")[0].rsplit("/", 1)[-1],
+                    "route": route_class(request.method, request.raw_path),
                     "method": request.method,
                     "image_id": raw_id[:128],
                     "outcome": outcome,
@@ -170,6 +174,11 @@ class Handlers:
 
     async def method_not_allowed(self, request: web.BaseRequest, image_id: str) -> web.Response:
         raise MethodNotAllowed(f"{request.method} is not allowed here")
+
+    async def legacy_complete(self, request: web.BaseRequest, image_id: str) -> web.StreamResponse:
+        # The registry's own (sregistry: no token needed); the id was checked, as sregistry fails on one it
+        # cannot parse.
+        return await self.forwarder.forward(request)
 
     async def legacy_start(self, request: web.BaseRequest, image_id: str) -> web.Response:
         body = await read_small_body(request)
@@ -234,31 +243,41 @@ _UPLOAD_ROUTE_CLASSES: Final = {
     ("PUT", "_multipart"): "upload-part",
     ("PUT", "_multipart_complete"): "upload-complete",
     ("PUT", "_multipart_abort"): "upload-abort",
+    ("POST", ""): "legacy-start",
+    ("PUT", "_complete"): "legacy-complete",
 }
 
 
 def route_class(method: str, raw_path: str) -> str:
-    """A small, bounded label for metrics: which kind of route answered."""
+    """A small, bounded label for metrics and logs: which kind of route answered."""
     path = raw_path.partition("?")[0]
     if path.startswith("/_gateway/"):
         return "gateway"
-    segments = path.split("/")
-    if len(segments) == 5 and segments[1] == "v2" and segments[2] == "imagefile":
-        return _UPLOAD_ROUTE_CLASSES.get((method, segments[4]), "proxy")
-    if len(segments) == 4 and segments[1] == "v2" and segments[2] == "imagefile" and method == "POST":
-        return "legacy-start"
+    if _under_imagefile(path):
+        shape = _imagefile_shape(path)
+        return "refused" if shape is None else _UPLOAD_ROUTE_CLASSES.get((method, shape[1]), "refused")
     if path.startswith("/v1/imagefile/"):
         return "download"
     if path == DISCOVERY_PATH:
         return "discovery"
+    if path == OCI_REDIRECT_PATH:
+        return "oci-redirect"
     return "proxy"
 
 
-def _disguised_multipart_route(raw_path: str) -> bool:
-    """A path that is not written as a multipart route but that a registry could decode and normalise into one
-    (``%5Fmultipart_abort``, ``//v2/...``, ``/x/../``, a trailing slash): never forwarded."""
-    if "%" not in raw_path and "_multipart" not in raw_path:
-        return False  # nothing decodes into a multipart route: the common case, without the work below
+def _under_imagefile(raw_path: str) -> bool:
+    """Whether the registry could route the path to one of its ``v2/imagefile`` views.
+
+    sregistry's patterns (shub/apps/library/urls.py) are ``^v2/imagefile/(?P<id>.+?)/_complete?$``,
+    ``…/_multipart?$``, ``…/_multipart_abort?$``, ``…/_multipart_complete?$`` and ``^v2/imagefile/(?P<id>.+?)/?$``,
+    matched against the percent-decoded path: ``.+?`` spans slashes, ``?`` makes the last letter optional, and
+    the last pattern takes whatever the others leave. So every path under ``v2/imagefile/`` reaches one of its
+    upload views, and the gateway owns them all. The decoded, dot-normalised form also catches spellings that a
+    registry or a proxy in front of it may normalise (``%5F``, ``%2F``, ``//``, ``/x/../``)."""
+    if raw_path == "/v2/imagefile" or raw_path.startswith("/v2/imagefile/"):
+        return True
+    if "%" not in raw_path and "//" not in raw_path and "/." not in raw_path:
+        return False  # nothing to decode or normalise: the common case, without the work below
     segments: list[str] = []
     for segment in unquote(raw_path).split("/"):
         if segment in ("", "."):
@@ -268,7 +287,20 @@ def _disguised_multipart_route(raw_path: str) -> bool:
                 segments.pop()
             continue
         segments.append(segment)
-    return len(segments) == 4 and segments[:2] == ["v2", "imagefile"] and segments[3].startswith("_multipart")
+    return segments[:2] == ["v2", "imagefile"]
+
+
+def _imagefile_shape(raw_path: str) -> tuple[str, str] | None:
+    """``(image id, last segment or "")`` of ``/v2/imagefile/{id}`` or ``/v2/imagefile/{id}/{action}`` written
+    plainly; None for any other spelling. The id is checked later against the image id pattern, whose safe set
+    has no ``%``, so an encoded id never passes."""
+    segments = raw_path.split("/")  # ["", "v2", "imagefile", id, action?]
+    if segments[:3] != ["", "v2", "imagefile"] or len(segments) not in (4, 5):
+        return None
+    if len(segments) == 4:
+        return segments[3], ""
+    # A trailing slash (v2/imagefile/{id}/) is sregistry's legacy start too, but no client sends it: refused.
+    return (segments[3], segments[4]) if segments[4] else None
 
 
 def loggable_path(raw_path: str) -> str:

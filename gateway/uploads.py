@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .config import MAX_PART_SIZE, MIN_PART_SIZE
+from .config import DEFAULT_IMAGE_ID_PATTERN, MAX_PART_SIZE, MIN_PART_SIZE
 from .errors import InvalidRequest
 
 __all__ = [
@@ -30,14 +30,20 @@ __all__ = [
 MAX_PARTS = 10_000
 MAX_FILESIZE = 5 * 1024**4  # 5 TiB: S3's object size limit
 MAX_SINGLE_PUT = 5 * 1024**3  # 5 GiB: S3's single PUT limit
-_IMAGE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_SAFE_IMAGE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_DEFAULT_IMAGE_ID = re.compile(DEFAULT_IMAGE_ID_PATTERN)
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _MIB = 1024 * 1024
 
 
-def check_image_id(image_id: str) -> str:
-    if not _IMAGE_ID.fullmatch(image_id) or image_id in {".", ".."}:
+def check_image_id(image_id: str, pattern: re.Pattern[str] = _DEFAULT_IMAGE_ID) -> str:
+    """The id must be one the registry issues (``uploads.image_id_pattern``): an id it cannot parse makes
+    sregistry fail with a 500 and still counts against its rate limits. The safe set bounds every pattern, as
+    the id goes into paths, keys and log lines."""
+    if not _SAFE_IMAGE_ID.fullmatch(image_id) or image_id in {".", ".."}:
         raise InvalidRequest("image id must match [A-Za-z0-9._-]{1,128}")
+    if not pattern.fullmatch(image_id):
+        raise InvalidRequest(f"image id must match {pattern.pattern} (uploads.image_id_pattern)")
     return image_id
 
 

@@ -70,6 +70,8 @@ def test_no_file_means_defaults_plus_environment() -> None:
         ('[uploads]\nmode = "copy"\n', {}, "uploads.mode: expected one of auto | adopt | relay"),
         ("[uploads]\nurl_expiry_seconds = 604801\n", {}, "uploads.url_expiry_seconds: must be within"),
         ("[uploads]\ntoken_ttl_seconds = -1\n", {}, "uploads.token_ttl_seconds: must be positive"),
+        ('[uploads]\nimage_id_pattern = "[0-9"\n', {}, "uploads.image_id_pattern: not a regular expression"),
+        ('[uploads]\nimage_id_pattern = ""\n', {}, "uploads.image_id_pattern: must not be empty"),
         ('[server]\nlisten = "8080"\n', {}, "server.listen: expected host:port"),
         ("", {"GATEWAY_S3_VERIFY_TLS": "maybe"}, "s3.verify_tls: expected true or false"),
         ('[s3]\nca_bundle = "/no/such/ca.pem"\n', {}, "s3.ca_bundle: no such file"),

@@ -76,6 +76,10 @@ async def test_metrics_count_requests_presigns_and_uploads_in_prometheus_text(
         ("PUT", "/v2/imagefile/1/_multipart_complete?x", "upload-complete"),
         ("PUT", "/v2/imagefile/1/_multipart_abort", "upload-abort"),
         ("POST", "/v2/imagefile/1", "legacy-start"),
+        ("PUT", "/v2/imagefile/1/_complete", "legacy-complete"),
+        ("PUT", "/v2/imagefile/1/_multipar", "refused"),
+        ("GET", "/v2/imagefile/1/_multipart", "refused"),
+        ("GET", "/v1/oci-redirect?namespace=a%2Fb%2Fc", "oci-redirect"),
         ("GET", "/v1/imagefile/a/b/c:v1?arch=amd64", "download"),
         ("GET", "/assets/config/config.prod.json", "discovery"),
         ("GET", "/_gateway/metrics", "gateway"),
@@ -105,6 +109,22 @@ async def test_request_ids_are_taken_or_made_passed_upstream_and_logged_without_
     assert all("Authorization" not in r.getMessage() for r in caplog.records)
 
 
+async def test_the_legacy_start_is_logged_under_its_own_route_name_not_the_image_id(
+    aiohttp_server: Any, seaweedfs: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    caplog.set_level("INFO")
+    async with aiohttp.ClientSession() as session:
+        client = LibraryClient(session, stack.gateway_url)
+        image = await client.create_image("alice", "legacy" + str(free_port()), "n", "c" * 64)
+        caplog.clear()
+        assert (await client.call("POST", f"/v2/imagefile/{image}", {"filesize": 10})).status == 200
+    (upload,) = [r.__dict__ for r in caplog.records if r.name == "gateway.routes"]
+    (access,) = [r.__dict__ for r in caplog.records if r.name == "gateway.access"]
+    assert (upload["route"], upload["image_id"], upload["outcome"]) == ("legacy-start", image, "200")
+    assert (access["route"], access["status"]) == ("legacy-start", "200")
+
+
 def test_upload_tokens_never_reach_a_log_line() -> None:
     from gateway.routes import loggable_path
 
@@ -124,8 +144,8 @@ async def test_each_intercepted_call_logs_route_image_part_mode_and_outcome(
         await client.presign(image, start.data["uploadID"], 2, b"x" * (8 * 1024 * 1024))
     lines = [r.__dict__ for r in caplog.records if r.name == "gateway.routes"]
     assert [(line["route"], line["outcome"], line["mode"]) for line in lines] == [
-        ("_multipart", "200", "adopt"),
-        ("_multipart", "200", "adopt"),
+        ("upload-start", "200", "adopt"),
+        ("upload-part", "200", "adopt"),
     ]
     assert lines[0]["parts"] == 2 and lines[1]["part"] == "2/2" and lines[1]["image_id"] == image
     assert start.data["uploadID"] not in str(lines)

@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from tests.realclient import RealClient
 from tests.registry import REQUEST_LOG, STATE, RegistrySettings, make_registry_app, reconfigure
+from tests.registry.app import ROUTES, match_route
 from tests.s3servers import SeaweedFS
 
 ALICE = hashlib.sha1(b"alice").hexdigest()
@@ -137,6 +138,16 @@ async def test_unknown_paths_are_404_html(registry: Client) -> None:
         reply = await registry.get(path, headers=auth(ALICE))
         assert reply.status == 404, path
         assert reply.headers["Content-Type"].startswith("text/html")
+
+
+async def test_the_oci_preflight_is_404_unless_the_fake_plays_a_library_with_an_oci_registry(registry: Client) -> None:
+    path = "/v1/oci-redirect?accessTypes=pull%2Cpush&mapped=1&namespace=alice%2Fc1%2Fn"
+    assert (await registry.get(path, headers=auth(ALICE))).status == 404  # sregistry: no such route
+    reconfigure(registry.server.app, oci_redirect_url="https://oci.example.org")
+    reply = await registry.get(path, headers=auth(ALICE))
+    assert reply.status == 200
+    answer = await reply.json()
+    assert (answer["url"], answer["name"]) == ("https://oci.example.org", "alice/c1/n") and answer["token"]
 
 
 # --- auth ------------------------------------------------------------------------------------------------
@@ -309,11 +320,21 @@ async def test_the_upload_url_needs_the_collection_owner(registry: Client) -> No
     assert (await post_json(registry, "/v2/imagefile/999", {})).status == 404
 
 
-@pytest.mark.parametrize("image_id", ["abc", "1/extra", "sha256.1"])
-async def test_a_non_numeric_image_id_is_a_500_html_page(registry: Client, image_id: str) -> None:
-    reply = await post_json(registry, f"/v2/imagefile/{image_id}", {})
+@pytest.mark.parametrize("suffix", ["", "/_multipart"])
+@pytest.mark.parametrize(
+    "image_id", ["abc", "1/extra", "sha256.1", "1.0", "99999999999999999999999", "-9223372036854775809"]
+)
+async def test_a_non_numeric_or_overflowing_image_id_is_a_500_html_page(
+    registry: Client, image_id: str, suffix: str
+) -> None:
+    # int() raises ValueError; an int past SQLite's signed 64-bit INTEGER raises OverflowError in the query.
+    reply = await post_json(registry, f"/v2/imagefile/{image_id}{suffix}", {"filesize": 5}, ALICE)
     assert reply.status == 500
     assert reply.headers["Content-Type"].startswith("text/html")
+
+
+async def test_an_id_within_64_bits_is_looked_up(registry: Client) -> None:
+    assert (await post_json(registry, "/v2/imagefile/9223372036854775807", {})).status == 404
 
 
 async def test_complete_answers_200_with_an_empty_body_and_no_token(registry: Client) -> None:
@@ -341,6 +362,43 @@ async def test_multipart_abort_deletes_the_image_row(registry: Client) -> None:
     assert reply.status == 200
     assert int(image["id"]) not in registry.server.app[STATE].images
     assert (await post_json(registry, f"/v2/imagefile/{image['id']}", {})).status == 404
+
+
+# shub/apps/library/urls.py on sregistry master, the v2/imagefile routes in order (Django matches the decoded
+# path without its leading slash; .+? spans slashes and "?" makes the last letter optional).
+SREGISTRY_IMAGEFILE_ROUTES = [
+    ("CompletePushImageFileView", r"^v2/imagefile/(?P<container_id>.+?)/_complete?$"),
+    ("RequestMultiPartPushImageFileView", r"^v2/imagefile/(?P<upload_id>.+?)/_multipart?$"),
+    ("RequestMultiPartAbortView", r"^v2/imagefile/(?P<upload_id>.+?)/_multipart_abort?$"),
+    ("RequestMultiPartCompleteView", r"^v2/imagefile/(?P<upload_id>.+?)/_multipart_complete?$"),
+    ("RequestPushImageFileView", r"^v2/imagefile/(?P<container_id>.+?)/?$"),
+]
+
+
+def test_the_fake_routes_v2_imagefile_with_sregistrys_own_regexes() -> None:
+    fake = {route.name: route.pattern.pattern for route in ROUTES if route.name in dict(SREGISTRY_IMAGEFILE_ROUTES)}
+    assert fake == dict(SREGISTRY_IMAGEFILE_ROUTES)
+    for path, view in [
+        ("/v2/imagefile/101/_multipar", "RequestMultiPartPushImageFileView"),
+        ("/v2/imagefile/101/_multipart_abor", "RequestMultiPartAbortView"),
+        ("/v2/imagefile/101/_multipart_complet", "RequestMultiPartCompleteView"),
+        ("/v2/imagefile/101/x/_multipart_abort", "RequestMultiPartAbortView"),
+        ("/v2/imagefile/101/_complet", "CompletePushImageFileView"),
+        ("/v2/imagefile/101/", "RequestPushImageFileView"),
+        ("/v2/imagefile/101/_multipart/", "RequestPushImageFileView"),
+    ]:
+        matched = match_route("s3", path)
+        assert matched is not None and matched[0].name == view, path
+
+
+async def test_a_near_miss_abort_path_deletes_the_image_row(registry: Client) -> None:
+    await create_collection(registry, "c1")
+    image = await new_image(registry, "c1")
+    reply = await registry.put(
+        f"/v2/imagefile/{image['id']}/_multipart_abor", data=b'{"uploadID":"x"}', headers=auth(ALICE)
+    )
+    assert reply.status == 200
+    assert int(image["id"]) not in registry.server.app[STATE].images
 
 
 async def test_multipart_complete_for_an_upload_never_started_is_a_500(registry: Client) -> None:

@@ -14,7 +14,7 @@ import pytest
 from tests.libclient import LibraryClient
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
-from tests.stack import MIB, OTHER_TOKEN, USER, start_stack, unique_ref
+from tests.stack import MIB, OTHER_TOKEN, TOKEN, USER, start_stack, unique_ref
 
 FILE = os.urandom(70 * MIB + 12345)  # three parts of 32 MiB, the last one short
 FILE_SHA = hashlib.sha256(FILE).hexdigest()
@@ -323,6 +323,108 @@ async def test_disguised_multipart_routes_are_refused_and_never_reach_the_regist
     answer = await LibraryClient(session, stack.gateway_url).call("PUT", path, {"uploadID": "x"})
     assert answer.status == 400 and answer.json["error"]["code"] == 400
     assert not stack.requests_seen_by_registry
+
+
+def registry_upload_views_near(image_id: str) -> list[str]:
+    """Paths sregistry routes to one of its v2/imagefile views (patterns quoted in test_registry_fake.py,
+    SREGISTRY_IMAGEFILE_ROUTES) that are not the library API's plain shapes."""
+    paths = [f"/v2/imagefile/{image_id}/", f"/v2/imagefile/{image_id}/x", "/v2/imagefile/", "/v2/imagefile"]
+    for action in ("_complete", "_multipart", "_multipart_abort", "_multipart_complete"):
+        paths += [
+            f"/v2/imagefile/{image_id}/{action[:-1]}",  # "?" makes the last letter optional
+            f"/v2/imagefile/{image_id}/x/{action}",  # .+? spans slashes
+            f"/v2/imagefile/x/../{image_id}/{action}",
+            f"/v2/imagefile/{image_id}/{action}/",  # the catch-all legacy view, id "{id}/{action}"
+            f"/v2/imagefile/{image_id}%2F{action}",  # decoded by the registry
+            f"/v2/%69magefile/{image_id}/{action}",
+        ]
+    return paths
+
+
+async def test_every_path_the_registry_routes_to_its_upload_views_is_refused_unless_written_plainly(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    for path in registry_upload_views_near(image_id):
+        for method in ("POST", "PUT"):
+            answer = await client.call(method, path, {"filesize": 10, "uploadID": "x"})
+            assert answer.status == 400 and answer.json["error"]["code"] == 400, (method, path, answer.body)
+    assert [(r.method, r.path) for r in stack.requests_seen_by_registry if "imagefile" in r.path] == []
+    # sregistry's abort view (reached as _multipart_abor) deletes the image row: it is still there.
+    assert int(image_id) in stack.registry_state.images
+
+
+async def test_the_legacy_completion_is_the_only_v2_imagefile_shape_forwarded(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    assert (await client.call("PUT", f"/v2/imagefile/{image_id}/_complete", {})).status == 200
+    for method, path in [
+        ("GET", f"/v2/imagefile/{image_id}/_complete"),
+        ("GET", f"/v2/imagefile/{image_id}"),
+        ("DELETE", f"/v2/imagefile/{image_id}/_multipart_abort"),
+    ]:
+        answer = await client.call(method, path)
+        assert answer.status == 405 and answer.json["error"]["code"] == 405, (method, path)
+    seen = [(r.method, r.path) for r in stack.requests_seen_by_registry if "imagefile" in r.path]
+    assert seen == [("PUT", f"/v2/imagefile/{image_id}/_complete")]
+
+
+OCI_PREFLIGHT = "/v1/oci-redirect?accessTypes=pull%2Cpush&mapped=1&namespace=alice%2Fc%2Fn"  # PROTOCOL.md §3 step 0
+
+
+@pytest.mark.parametrize("registry_answers", [404, 200])
+async def test_the_oci_preflight_never_answers_200_through_the_gateway(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession, registry_answers: int
+) -> None:
+    # sregistry has no such route (404); a library server with an OCI registry answers 200, which would switch
+    # the v1.4.x clients to OCI push and pull against its URL, around the gateway.
+    url = "https://oci.example.org" if registry_answers == 200 else None
+    stack = await start_stack(aiohttp_server, seaweedfs, registry_settings={"oci_redirect_url": url})
+    async with session.get(stack.registry_url + OCI_PREFLIGHT, headers={"Authorization": f"Bearer {TOKEN}"}) as direct:
+        assert direct.status == registry_answers
+    seen = len(stack.requests_seen_by_registry)
+    client = LibraryClient(session, stack.gateway_url)
+    for method in ("GET", "HEAD"):
+        answer = await client.call(method, OCI_PREFLIGHT)
+        assert answer.status == 404, answer.body
+    assert (await client.call("GET", OCI_PREFLIGHT)).json["error"]["code"] == 404
+    assert len(stack.requests_seen_by_registry) == seen
+
+
+HOSTILE_IDS = ["abc", "1.0", "99999999999999999999999", "9223372036854775808", "042", "+1"]
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [("POST", ""), ("POST", "/_multipart"), ("PUT", "/_multipart"), ("PUT", "/_multipart_complete"),
+     ("PUT", "/_multipart_abort"), ("PUT", "/_complete")],
+)  # fmt: skip
+async def test_ids_sregistry_cannot_parse_are_400_from_the_gateway_and_never_reach_the_registry(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession, method: str, suffix: str
+) -> None:
+    # The fake fails on them as sregistry does (ValueError, OverflowError: a 500, which the gateway makes a 502).
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    for image_id in HOSTILE_IDS:
+        answer = await client.call(method, f"/v2/imagefile/{image_id}{suffix}", {"filesize": 10, "uploadID": "x"})
+        assert answer.status == 400, (image_id, answer.body)
+        assert answer.json["error"]["message"].startswith("image id must match")
+    assert not stack.requests_seen_by_registry
+
+
+async def test_another_registrys_object_ids_pass_with_the_documented_pattern(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs, uploads={"image_id_pattern": "[0-9a-f]{24}"})
+    client = LibraryClient(session, stack.gateway_url)
+    assert (await client.call("POST", "/v2/imagefile/101", {"filesize": 10})).status == 400
+    await client.call("POST", "/v2/imagefile/5f1e3b2c9d4a6e7f8a9b0c1d", {"filesize": 10})
+    assert [r.path for r in stack.requests_seen_by_registry] == ["/v2/imagefile/5f1e3b2c9d4a6e7f8a9b0c1d"]
 
 
 async def test_a_client_cannot_spoof_its_address_to_the_registrys_rate_limits(

@@ -33,7 +33,14 @@ __all__ = ["make_registry_app", "reconfigure"]
 
 # Settings read on every request, so they may change while the app runs (e.g. a URL known only after binding).
 RECONFIGURABLE = frozenset(
-    {"domain_name", "public_url", "report_image_size", "close_after_unread_body", "minio_cleanup"}
+    {
+        "domain_name",
+        "public_url",
+        "report_image_size",
+        "close_after_unread_body",
+        "minio_cleanup",
+        "oci_redirect_url",
+    }
 )
 
 View = Callable[..., Awaitable[web.StreamResponse]]
@@ -151,6 +158,12 @@ ROUTES: tuple[Route, ...] = (
     # The web side (shub/urls.py): Django admin's login form and the DRF router's paginated list.
     route("admin_login", r"^admin/login/$", {"GET": webui.admin_login, "POST": webui.admin_login}, drf=False),
     route("ContainerViewSet", r"^api/containers/?$", {"GET": webui.api_containers}),
+    # Not sregistry's: a 404 page there unless oci_redirect_url is set (a library server with an OCI registry).
+    route(
+        "oci_redirect",
+        r"^v1/oci-redirect$",
+        dict.fromkeys(("GET", "POST", "PUT", "PATCH", "DELETE"), views.oci_redirect),
+    ),
     route(
         "download_container",
         r"^containers/(?P<cid>\d+)/download/(?P<secret>.+?)$",

@@ -49,11 +49,14 @@ class Registry:
         return None
 
     def image_by_id(self, raw_id: str) -> Image | None:
-        """Container.objects.get(id=raw_id): a non-integer id raises ValueError, i.e. a 500 (pitfall G4)."""
+        """Container.objects.get(id=raw_id): a non-integer id raises ValueError, i.e. a 500 (pitfall G4), and so
+        does one outside SQLite's signed 64-bit INTEGER (OverflowError). Django's int() takes "+1", " 1", "1_0"."""
         try:
             image_id = int(raw_id)
         except ValueError as error:
             raise ServerError(f"Field 'id' expected a number but got {raw_id!r}.") from error
+        if not -(2**63) <= image_id < 2**63:
+            raise ServerError("OverflowError: Python int too large to convert to SQLite INTEGER")
         return self.state.images.get(image_id)
 
     def token_user(self, request: web.BaseRequest) -> User | None:

@@ -49,6 +49,10 @@ class RegistrySettings:
     close_after_unread_body: bool = False
     # VIEW_RATE_LIMIT per client IP and view (django-ratelimit, blocking); None: unlimited.
     view_rate_limit: int | None = None
+    # GET v1/oci-redirect?accessTypes=pull%2Cpush&mapped=1&namespace=e%2Fc%2Fn, the preflight of every push and pull
+    # by the v1.4.x clients: sregistry has no such route (404). A URL: answer 200 {"token","url","name"} as a library
+    # server with an OCI registry does, which switches those clients to OCI against that URL.
+    oci_redirect_url: str | None = None
     first_collection_id: int = 1
     first_image_id: int = 1
 

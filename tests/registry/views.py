@@ -20,6 +20,7 @@ from .replies import (
     ServerError,
     drf_empty,
     drf_json,
+    method_not_allowed,
     redirect,
     unsupported_media_type,
 )
@@ -132,6 +133,19 @@ async def config_prod_json(request: web.Request) -> web.StreamResponse:
         body=CONFIG_TEMPLATE.replace("DOMAIN", domain).encode(),
         headers={"Content-Type": "text/html; charset=utf-8"},
     )
+
+
+async def oci_redirect(request: web.Request) -> web.StreamResponse:
+    """The v1.4.x clients' preflight; sregistry has no such route, so by default this is its 404 page."""
+    url = registry_of(request).settings.oci_redirect_url
+    if url is None:
+        raise PageNotFound()
+    if request.method not in ("GET", "HEAD"):
+        return method_not_allowed(request.method)
+    namespace = request.query.get("namespace", "")
+    if namespace.count("/") != 2 or not request.query.get("accessTypes"):
+        return drf_empty(400)
+    return drf_json({"token": "oci-" + uuid.uuid4().hex, "url": url, "name": namespace})
 
 
 async def token_status(request: web.Request) -> web.StreamResponse:
@@ -333,7 +347,9 @@ async def multipart_start(request: web.Request, upload_id: str) -> web.StreamRes
     registry = registry_of(request)
     if registry.token_user(request) is None:
         return drf_empty(403)
+    # The container is looked up first (an id it cannot parse is a 500, as seen on sregistry 2.1.2); then
     # MINIO_MULTIPART_UPLOAD=false: 404 before the body is read, so the client falls back to §5.
+    registry.image_by_id(upload_id)
     return drf_empty(404)
 
 
