@@ -355,3 +355,35 @@ async def test_the_legacy_start_does_not_pass_a_spoofed_address_either(
         assert response.status == 200
     (asked,) = [r for r in stack.requests_seen_by_registry if r.method == "POST" and r.path.startswith("/v2/")]
     assert asked.headers["X-Forwarded-For"] == "127.0.0.1"
+
+
+async def test_parts_of_other_sizes_than_the_plan_are_refused_at_complete_and_a_fix_still_completes(
+    aiohttp_server: Any, radosgw: S3Server, session: aiohttp.ClientSession
+) -> None:
+    # A part URL binds the body's sha256, not its length: a client can store a part of any size whose sha256 it
+    # announced. The complete checks the stored sizes (ListParts) against the plan before assembling.
+    stack = await start_stack(aiohttp_server, radosgw)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, key = await new_image(client)
+    start = (await client.start(image_id, len(FILE))).data
+    upload_id = start["uploadID"]
+    etags = await client.upload_parts(image_id, start, FILE)
+    bigger = os.urandom(40 * MIB)  # where the plan says 32 MiB
+    sha = hashlib.sha256(bigger).hexdigest()
+    body = {"partSize": 32 * MIB, "uploadID": upload_id, "partNumber": 1, "sha256sum": sha}
+    url = (await client.call("PUT", f"/v2/imagefile/{image_id}/_multipart", body)).data["presignedURL"]
+    status, wrong_etag = await client.put_part(url, bigger)
+    assert status == 200  # S3 cannot know the plan
+    refused = await client.complete(image_id, upload_id, [wrong_etag, *etags[1:]])
+    assert refused.status == 400, refused.body
+    assert "part 1 holds 41943040 bytes, the plan says 33554432" in refused.json["error"]["message"]
+    assert ("PUT", f"/v2/imagefile/{image_id}/_complete") not in [
+        (r.method, r.path) for r in stack.requests_seen_by_registry
+    ]
+    # Nothing was aborted: the client uploads part 1 again and completes.
+    url = (await client.presign(image_id, upload_id, 1, FILE[: 32 * MIB])).data["presignedURL"]
+    status, etag = await client.put_part(url, FILE[: 32 * MIB])
+    assert status == 200
+    done = await client.complete(image_id, upload_id, [etag, *etags[1:]])
+    assert done.status == 200, done.body
+    assert radosgw.read_object(key) == FILE
