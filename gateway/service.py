@@ -302,6 +302,13 @@ class UploadService:
             # S3 completed but the relay did not finish: relay again below.
         except S3Error as exc:
             raise StorageUnavailable(f"storage failed at complete: {exc}; retry") from exc
+        # The relay PUT declares filesize: an object of any other size would hang or cut the registry's read.
+        info = await self._s3_call(self.s3.head_object(grant.bucket, grant.key))
+        if info is None or info.size != grant.filesize:
+            size = "missing" if info is None else f"{info.size} bytes"
+            raise InvalidRequest(
+                f"completedParts: the assembled image is {size}, the registry expects {grant.filesize}"
+            )
         # Upload URLs expire: ask the registry for a fresh one, then stream the assembled object to it.
         upload_url = await self.registry.start_upload(grant.image_id, headers=headers, filesize=grant.filesize)
         try:

@@ -10,11 +10,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
+from gateway.errors import InvalidRequest
 from tests.libclient import LibraryClient
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
-from tests.stack import MIB, OTHER_TOKEN, USER, start_stack, unique_ref
+from tests.stack import MIB, OTHER_TOKEN, TOKEN, USER, start_stack, unique_ref
 
 FILE = os.urandom(70 * MIB + 12345)  # three parts of 32 MiB, the last one short
 FILE_SHA = hashlib.sha256(FILE).hexdigest()
@@ -387,3 +389,36 @@ async def test_parts_of_other_sizes_than_the_plan_are_refused_at_complete_and_a_
     done = await client.complete(image_id, upload_id, [etag, *etags[1:]])
     assert done.status == 200, done.body
     assert radosgw.read_object(key) == FILE
+
+
+@pytest.mark.parametrize("last_part", [1000, 7 * MIB], ids=["short", "oversized"])
+async def test_a_relay_of_an_assembled_image_of_the_wrong_size_is_400_at_once(
+    aiohttp_server: Any, radosgw: S3Server, session: aiohttp.ClientSession, last_part: int
+) -> None:
+    # The relay PUT declares the registry's filesize: a short object made the registry wait for the rest (a hang,
+    # then 504), a long one was cut (502). The complete's ListParts check keeps wrong part sizes out, so this calls
+    # the relay step directly, as a part replaced between that check and S3's complete would reach it. A short
+    # upstream read timeout makes a relay that waits fail otherwise than the 400 expected.
+    stack = await start_stack(aiohttp_server, radosgw, flavour="selfhosted", upstream={"read_timeout_seconds": 3})
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    start = (await client.start(image_id, len(FILE))).data
+    last = os.urandom(last_part)  # where the plan says 6 MiB + 12345
+    etags = (await client.upload_parts(image_id, start | {"totalParts": 2}, FILE))[:2]
+    body = {
+        "partSize": len(FILE) - 64 * MIB,
+        "uploadID": start["uploadID"],
+        "partNumber": 3,
+        "sha256sum": hashlib.sha256(last).hexdigest(),
+    }
+    url = (await client.call("PUT", f"/v2/imagefile/{image_id}/_multipart", body)).data["presignedURL"]
+    status, etag = await client.put_part(url, last)
+    assert status == 200
+    etags.append(etag)
+    data = FILE[: 64 * MIB] + last
+    service = stack.gateway.handlers.service
+    grant = service.open_grant(start["uploadID"], image_id, TOKEN)
+    parts = tuple(enumerate(etags, 1))
+    with pytest.raises(InvalidRequest, match=f"the assembled image is {len(data)} bytes, the registry expects"):
+        await service._complete_relayed(grant, parts, headers=CIMultiDict(Authorization=f"BEARER {TOKEN}"))
+    assert not [r for r in stack.requests_seen_by_registry if r.method == "PUT" and r.body_length]
