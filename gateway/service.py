@@ -238,6 +238,7 @@ class UploadService:
         numbers = [number for number, _ in request.parts]
         if numbers != list(range(1, grant.total_parts + 1)):
             raise InvalidRequest(f"completedParts: expected each of parts 1..{grant.total_parts} exactly once")
+        await self._check_part_sizes(grant)
         if grant.mode == "adopt":
             await self._complete_adopted(grant, request.parts)
         else:
@@ -247,6 +248,29 @@ class UploadService:
         self.metrics.uploads.inc(event="completed", mode=grant.mode)
         log.info("upload completed", extra={"event": "complete", "image_id": image_id, "mode": grant.mode})
         return answer
+
+    async def _check_part_sizes(self, grant: UploadGrant) -> None:
+        """Refuse a complete whose stored parts differ from the plan: a part URL binds the body's sha256,
+        not its length, so only S3's own record of the parts proves they add up to the registry's filesize.
+        Nothing is aborted: the client can upload the wrong part again and complete."""
+        try:
+            stored = await self.s3.list_parts(grant.bucket, grant.key, grant.upload_id)
+        except S3ClientError as exc:
+            if exc.code in _GONE:
+                return  # completed already or aborted: the complete below tells which
+            raise StorageUnavailable(f"storage refused to list parts: {exc.code}") from exc
+        except S3Error as exc:
+            raise StorageUnavailable(f"storage failed listing parts: {exc}; retry") from exc
+        sizes = {part.number: part.size for part in stored}
+        for number in range(1, grant.total_parts + 1):
+            expected = grant.expected_part_size(number)
+            if number not in sizes:
+                raise InvalidRequest(f"completedParts: part {number} is not in storage")
+            if sizes[number] != expected:
+                raise InvalidRequest(
+                    f"completedParts: part {number} holds {sizes[number]} bytes, the plan says {expected}; "
+                    "upload it again"
+                )
 
     async def _complete_adopted(self, grant: UploadGrant, parts: tuple[tuple[int, str], ...]) -> None:
         try:
@@ -278,6 +302,13 @@ class UploadService:
             # S3 completed but the relay did not finish: relay again below.
         except S3Error as exc:
             raise StorageUnavailable(f"storage failed at complete: {exc}; retry") from exc
+        # The relay PUT declares filesize: an object of any other size would hang or cut the registry's read.
+        info = await self._s3_call(self.s3.head_object(grant.bucket, grant.key))
+        if info is None or info.size != grant.filesize:
+            size = "missing" if info is None else f"{info.size} bytes"
+            raise InvalidRequest(
+                f"completedParts: the assembled image is {size}, the registry expects {grant.filesize}"
+            )
         # Upload URLs expire: ask the registry for a fresh one, then stream the assembled object to it.
         upload_url = await self.registry.start_upload(grant.image_id, headers=headers, filesize=grant.filesize)
         try:

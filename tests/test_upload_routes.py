@@ -10,7 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
+from gateway.errors import InvalidRequest
 from tests.libclient import LibraryClient
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
@@ -457,3 +459,68 @@ async def test_the_legacy_start_does_not_pass_a_spoofed_address_either(
         assert response.status == 200
     (asked,) = [r for r in stack.requests_seen_by_registry if r.method == "POST" and r.path.startswith("/v2/")]
     assert asked.headers["X-Forwarded-For"] == "127.0.0.1"
+
+
+async def test_parts_of_other_sizes_than_the_plan_are_refused_at_complete_and_a_fix_still_completes(
+    aiohttp_server: Any, radosgw: S3Server, session: aiohttp.ClientSession
+) -> None:
+    # A part URL binds the body's sha256, not its length: a client can store a part of any size whose sha256 it
+    # announced. The complete checks the stored sizes (ListParts) against the plan before assembling.
+    stack = await start_stack(aiohttp_server, radosgw)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, key = await new_image(client)
+    start = (await client.start(image_id, len(FILE))).data
+    upload_id = start["uploadID"]
+    etags = await client.upload_parts(image_id, start, FILE)
+    bigger = os.urandom(40 * MIB)  # where the plan says 32 MiB
+    sha = hashlib.sha256(bigger).hexdigest()
+    body = {"partSize": 32 * MIB, "uploadID": upload_id, "partNumber": 1, "sha256sum": sha}
+    url = (await client.call("PUT", f"/v2/imagefile/{image_id}/_multipart", body)).data["presignedURL"]
+    status, wrong_etag = await client.put_part(url, bigger)
+    assert status == 200  # S3 cannot know the plan
+    refused = await client.complete(image_id, upload_id, [wrong_etag, *etags[1:]])
+    assert refused.status == 400, refused.body
+    assert "part 1 holds 41943040 bytes, the plan says 33554432" in refused.json["error"]["message"]
+    assert ("PUT", f"/v2/imagefile/{image_id}/_complete") not in [
+        (r.method, r.path) for r in stack.requests_seen_by_registry
+    ]
+    # Nothing was aborted: the client uploads part 1 again and completes.
+    url = (await client.presign(image_id, upload_id, 1, FILE[: 32 * MIB])).data["presignedURL"]
+    status, etag = await client.put_part(url, FILE[: 32 * MIB])
+    assert status == 200
+    done = await client.complete(image_id, upload_id, [etag, *etags[1:]])
+    assert done.status == 200, done.body
+    assert radosgw.read_object(key) == FILE
+
+
+@pytest.mark.parametrize("last_part", [1000, 7 * MIB], ids=["short", "oversized"])
+async def test_a_relay_of_an_assembled_image_of_the_wrong_size_is_400_at_once(
+    aiohttp_server: Any, radosgw: S3Server, session: aiohttp.ClientSession, last_part: int
+) -> None:
+    # The relay PUT declares the registry's filesize: a short object made the registry wait for the rest (a hang,
+    # then 504), a long one was cut (502). The complete's ListParts check keeps wrong part sizes out, so this calls
+    # the relay step directly, as a part replaced between that check and S3's complete would reach it. A short
+    # upstream read timeout makes a relay that waits fail otherwise than the 400 expected.
+    stack = await start_stack(aiohttp_server, radosgw, flavour="selfhosted", upstream={"read_timeout_seconds": 3})
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, _ = await new_image(client)
+    start = (await client.start(image_id, len(FILE))).data
+    last = os.urandom(last_part)  # where the plan says 6 MiB + 12345
+    etags = (await client.upload_parts(image_id, start | {"totalParts": 2}, FILE))[:2]
+    body = {
+        "partSize": len(FILE) - 64 * MIB,
+        "uploadID": start["uploadID"],
+        "partNumber": 3,
+        "sha256sum": hashlib.sha256(last).hexdigest(),
+    }
+    url = (await client.call("PUT", f"/v2/imagefile/{image_id}/_multipart", body)).data["presignedURL"]
+    status, etag = await client.put_part(url, last)
+    assert status == 200
+    etags.append(etag)
+    data = FILE[: 64 * MIB] + last
+    service = stack.gateway.handlers.service
+    grant = service.open_grant(start["uploadID"], image_id, TOKEN)
+    parts = tuple(enumerate(etags, 1))
+    with pytest.raises(InvalidRequest, match=f"the assembled image is {len(data)} bytes, the registry expects"):
+        await service._complete_relayed(grant, parts, headers=CIMultiDict(Authorization=f"BEARER {TOKEN}"))
+    assert not [r for r in stack.requests_seen_by_registry if r.method == "PUT" and r.body_length]
