@@ -186,7 +186,9 @@ class GatewayRunner(web.BaseRunner):
 
     async def _make_server(self) -> web.Server:
         await self.gateway.start()
-        return web.Server(self.gateway.handle, **(SERVER_OPTIONS | self._kwargs))
+        # aiohttp's own default keeps an idle client connection 3630 s; the deploy templates assume 75 s.
+        keepalive = {"keepalive_timeout": self.gateway.config.server.keepalive_seconds}
+        return web.Server(self.gateway.handle, **(SERVER_OPTIONS | keepalive | self._kwargs))
 
     async def _cleanup_server(self) -> None:
         await self.gateway.close()

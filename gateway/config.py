@@ -53,6 +53,7 @@ class ServerConfig:
     public_url: str = "http://127.0.0.1:8080"
     log_level: str = "info"
     shutdown_grace_seconds: float = 30.0
+    keepalive_seconds: float = 75.0
     trusted_proxies: list[str] = field(default_factory=list)
     workers: int = 1
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
@@ -282,6 +283,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"uploads.image_id_pattern: not a regular expression ({error})") from None
     for where, number in (
         ("server.shutdown_grace_seconds", config.server.shutdown_grace_seconds),
+        ("server.keepalive_seconds", config.server.keepalive_seconds),
         ("upstream.connect_timeout_seconds", config.upstream.connect_timeout_seconds),
         ("upstream.read_timeout_seconds", config.upstream.read_timeout_seconds),
         ("upstream.first_byte_timeout_seconds", config.upstream.first_byte_timeout_seconds),

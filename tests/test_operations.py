@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -9,7 +10,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.routes import route_class
-from tests.gateway_fixtures import GatewayTestServer
+from tests.gateway_fixtures import GatewayTestServer, gateway_config
 from tests.libclient import LibraryClient
 from tests.s3servers import S3Server
 from tests.stack import free_port, stack_config, start_registry, start_stack
@@ -149,3 +150,25 @@ async def test_each_intercepted_call_logs_route_image_part_mode_and_outcome(
     ]
     assert lines[0]["parts"] == 2 and lines[1]["part"] == "2/2" and lines[1]["image_id"] == image
     assert start.data["uploadID"] not in str(lines)
+
+
+async def test_an_idle_client_connection_is_closed_after_server_keepalive_seconds(aiohttp_server: Any) -> None:
+    # aiohttp's low-level server would keep it 3630 s; the gateway's own setting must reach the server.
+    config = gateway_config(upstream_url=f"http://127.0.0.1:{free_port()}", server={"keepalive_seconds": 0.5})
+    server = await aiohttp_server(Gateway(config))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET /_gateway/healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+        await asyncio.wait_for(reader.readexactly(length), 10)
+        # Idle from here on: the server hangs up (bounded wait; a server keeping it 3630 s fails here).
+        assert await asyncio.wait_for(reader.read(1), 20) == b""
+    finally:
+        writer.close()
+
+
+def test_the_default_client_keepalive_is_75_seconds_not_aiohttps_hour() -> None:
+    config = gateway_config(upstream_url="http://127.0.0.1:8000")
+    assert config.server.keepalive_seconds == 75.0
