@@ -1,8 +1,8 @@
 """Microseconds per presigned S3 UploadPart URL: our signer against botocore, minio-py and a hashing floor.
 
 Usage: ``python bench/presign.py [--seconds S]``. Everything runs in one process, one after the other, on the
-inputs of ../shared/presign-vectors.json (PUT, partNumber + uploadId, 300 s). Ours binds the part sha256 (variant
-v3, PROTOCOL.md §9); botocore and minio-py cannot, so they produce the plain UNSIGNED-PAYLOAD form (v0) — the same
+vectors of docs/protocol.md §9.5 (PUT, partNumber + uploadId, 300 s). Ours binds the part sha256 (variant
+v3, docs/protocol.md §9); botocore and minio-py cannot, so they produce the plain UNSIGNED-PAYLOAD form (v0) — the same
 amount of signing work. Every signer reads its own clock per URL (ours: ``datetime.now(UTC)``), as a gateway would.
 The figure per signer is the best of several rounds (least disturbed by the rest of the machine).
 """

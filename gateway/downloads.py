@@ -2,7 +2,7 @@
 
 Apptainer 1.0.0–1.0.2 (library client v1.2.2) pulls in parallel only after a **303** from ``GET v1/imagefile/…``
 and fails on sregistry's 302; later clients take the image size from ``GET v1/images/…`` (it must be > 0) before
-their ranged GETs, and sregistry leaves it null (PROTOCOL.md §7). With 303 on, the gateway answers the download
+their ranged GETs, and sregistry leaves it null (docs/protocol.md §7). With 303 on, the gateway answers the download
 redirect with 303 (the Location re-signed for the external S3 endpoint as always) and fills in a missing ``size``
 from S3.
 

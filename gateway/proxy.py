@@ -1,6 +1,6 @@
 """Streaming pass-through to the registry.
 
-The real sregistry punishes small liberties (PROTOCOL.md §9b), so requests go upstream as sent: the raw path and
+The real sregistry punishes small liberties (docs/protocol.md §9b), so requests go upstream as sent: the raw path and
 query, end-to-end headers in order, multiplicity and casing, the client's Content-Length (a sized body never turns
 chunked, and a small chunked one gets a Content-Length: G2), no Content-Type the client did not send (G1), bodies
 streamed both ways with backpressure.

@@ -101,7 +101,7 @@ class Handlers:
         if _under_imagefile(path):
             return await self.imagefile_route(request, path)
         if path == OCI_REDIRECT_PATH:
-            # The v1.4.x clients' preflight (PROTOCOL.md §3, step 0): any 200 switches them to OCI push and pull
+            # The v1.4.x clients' preflight (docs/protocol.md §3, step 0): any 200 switches them to OCI push and pull
             # against the URL in the reply, around the gateway. A library behind it is never an OCI registry.
             raise NotFound("no OCI registry behind this library")
         if path == DISCOVERY_PATH and request.method == "GET":
@@ -150,7 +150,7 @@ class Handlers:
     async def start(self, request: web.BaseRequest, image_id: str) -> web.Response:
         body = await read_small_body(request)
         if not self.service.config.uploads.multipart:
-            # The client's clean fallback to the legacy single upload (PROTOCOL.md §4).
+            # The client's clean fallback to the legacy single upload (docs/protocol.md §4).
             raise NotFound("multipart uploads are disabled on this gateway")
         answer = await self.service.start(
             image_id, body, headers=registry_headers(request, self.forwarder.policy), credential=_credential(request)

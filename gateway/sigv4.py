@@ -1,9 +1,9 @@
 """AWS Signature Version 4 for S3: query presigning and header signing.
 
 Pure functions and frozen values, no I/O and no aiohttp: the clock is passed in, so everything here is
-tested against fixed vectors (the AWS suite, ../shared/presign-vectors.json) and against botocore.
+tested against fixed vectors (the AWS suite in tests/data/, docs/protocol.md §9.5) and against botocore.
 
-S3 rules encoded here (PROTOCOL.md §9):
+S3 rules encoded here (docs/protocol.md §9):
 - object keys are URI-encoded exactly once (``:`` → ``%3A``; ``/`` kept) and paths are never normalised;
 - the ``Host`` line carries the port unless it is the scheme's default;
 - query values use the unreserved set only, so the ``;`` between signed headers is written ``%3B`` (Go's URL

@@ -146,8 +146,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._buffer = self._buffer + data if self._buffer else data
             self._parse_head()
         else:
-            # Bytes nobody asked for, e.g. the body of a HEAD answer (sregistry under uWSGI, G3): the stream is out
-            # of step and this connection must never carry another request.
+            # Bytes nobody asked for, e.g. the body of a HEAD answer (sregistry under uWSGI, docs/protocol.md
+            # G3): the stream is out of step and this connection must never carry another request.
             self.reusable = False
             self.abort()
 
@@ -274,7 +274,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.head = head
             self._framing = head.framing(self._method)
             if not head.keep_alive or (self._method == "HEAD" and head.content_length != 0):
-                # A HEAD answer that announces a body may be followed by one (sregistry under uWSGI, G3).
+                # A HEAD answer that announces a body may be followed by one (uWSGI, docs/protocol.md G3).
                 self.reusable = False
             self._state = _BODY
             if self._framing == "chunked":

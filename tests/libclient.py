@@ -1,4 +1,4 @@
-"""A scripted library-API client speaking exactly the real client's wire protocol (PROTOCOL.md §3-§5), one step
+"""A scripted library-API client speaking exactly the real client's wire protocol (docs/protocol.md §3-§5), one step
 per method, so tests can act between steps (restart a gateway, stop S3, race two completes)."""
 
 from __future__ import annotations

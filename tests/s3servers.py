@@ -10,7 +10,7 @@ Plain Python (no pytest), so the same managers serve fixtures, benchmarks and ma
     finally:
         server.stop()
 
-Recipes and measured facts: /work/shared/S3-SERVERS.md (section 2 radosgw, section 3 SeaweedFS).
+Recipes and measured facts: docs/s3-servers.md (section 2 radosgw, section 3 SeaweedFS).
 Every daemon runs in its own process group and is stopped with SIGTERM, then SIGKILL; nothing outlives stop().
 """
 

@@ -96,7 +96,7 @@ async def test_method_raw_path_and_query_reach_the_upstream_unnormalised(gateway
 
 
 async def test_no_content_type_is_added_and_content_length_is_kept(gateway: Any) -> None:
-    # sregistry answers 415 to a tag POST with any Content-Type, 500 to a chunked one (PROTOCOL.md G1, G2).
+    # sregistry answers 415 to a tag POST with any Content-Type, 500 to a chunked one (docs/protocol.md G1, G2).
     body = json.dumps({"Tag": "v1", "ImageID": "42"}).encode()
     response = await gateway.post(
         "/v1/tags/7", data=body, headers={"Authorization": "BEARER tok"}, skip_auto_headers={"Content-Type"}
@@ -126,7 +126,7 @@ async def chunks(*parts: bytes) -> Any:
 
 @pytest.mark.parametrize("expect100", [False, True])
 async def test_a_small_chunked_request_body_goes_up_with_a_content_length(gateway: Any, expect100: bool) -> None:
-    # uWSGI reads a chunked body as empty (PROTOCOL.md G2); curl -T - also sends Expect: 100-continue.
+    # uWSGI reads a chunked body as empty (docs/protocol.md G2); curl -T - also sends Expect: 100-continue.
     response = await gateway.put("/v1/tags/1", data=chunks(b"a" * 1000, b"b" * 1000), expect100=expect100)
     assert response.status == 200
     assert await response.read() == b"echo:" + b"a" * 1000 + b"b" * 1000

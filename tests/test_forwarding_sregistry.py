@@ -120,7 +120,7 @@ async def test_a_chunked_collection_post_reaches_the_registry_with_a_content_len
     ) as answer:
         status = answer.status
     if via == "registry":
-        assert status == 500  # uWSGI hands Django an empty body (PROTOCOL.md §9b G2)
+        assert status == 500  # uWSGI hands Django an empty body (docs/protocol.md §9b G2)
     else:
         assert status == 200
         assert behind.registry[STATE].collection_named(f"chunked-{via}") is not None

@@ -1,7 +1,7 @@
 """The real Apptainer library client (v1.2.2) against a minimal recording server.
 
 These tests prove the Go tool works and pin down the client's wire behaviour that the gateway relies on (see
-PROTOCOL.md §2-§7). The server here is deliberately minimal and test-local; the faithful sregistry fake lives in
+docs/protocol.md §2-§7). The server here is deliberately minimal and test-local; the faithful sregistry fake lives in
 tests/registry/.
 """
 

@@ -1,4 +1,4 @@
-"""The sregistry fake behaves like sregistry as PROTOCOL.md documents it (§2-§8, §9b), including its pitfalls,
+"""The sregistry fake behaves like sregistry as docs/protocol.md documents it (§2-§8, §9b), including its pitfalls,
 and the real Go library client can push to it and pull from it."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Presigned URLs from gateway.sigv4 against real S3 servers (radosgw and SeaweedFS).
 
-The PUTs carry exactly what the Apptainer client sends (PROTOCOL.md §4 and §5): Host as in the URL,
+The PUTs carry exactly what the Apptainer client sends (docs/protocol.md §4 and §5): Host as in the URL,
 User-Agent, Content-Length, X-Amz-Content-Sha256, Accept-Encoding, no Authorization, and Content-Type only
 on the legacy single PUT. botocore stands in for the gateway's own S3 calls (create, complete, get), which
 are written elsewhere. Where the two servers differ, the test names the server and asserts what it does:
@@ -253,7 +253,7 @@ def test_legacy_single_put_through_a_v3h_url_stores_the_file(
 ) -> None:
     key, body = new_key(), os.urandom(MiB + 5)
     url = presign_legacy_put(signer, s3_server.endpoint, key, sha256_hex(body))
-    # the client sends the sha header only because SignedHeaders lists it (PROTOCOL.md §5)
+    # the client sends the sha header only because SignedHeaders lists it (docs/protocol.md §5)
     assert parse_qs(urlsplit(url).query)["X-Amz-SignedHeaders"] == ["host;x-amz-content-sha256"]
 
     reply = put_like_apptainer(url, body, sha256_header=sha256_hex(body),

@@ -2,7 +2,7 @@
 
 Three independent references:
 - tests/data/sigv4-test-suite/v4: the AWS suite (aws-c-auth), the 32 cases whose expected path is what S3 signs;
-- ../shared/presign-vectors.json, copied below: S3 UploadPart URLs in the variants PROTOCOL.md §9 describes;
+- docs/protocol.md §9.5, copied below: S3 UploadPart URLs in the variants docs/protocol.md §9 describes;
 - botocore: ``generate_presigned_url`` for generated keys, methods, query parameters, regions, times and expiries,
   and ``S3SigV4Auth`` for header signing.
 """
@@ -235,7 +235,7 @@ def _decoded_pairs(raw_query: str) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# S3 UploadPart vectors (../shared/presign-vectors.json, PROTOCOL.md §9.5)
+# S3 UploadPart vectors (docs/protocol.md §9.5)
 # ---------------------------------------------------------------------------------------------------------------
 
 VECTOR_ENDPOINT = "http://minio.example.org:9000"
@@ -249,7 +249,7 @@ VECTOR_QUERY = {
 VECTOR_NOW = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 PART_SHA256 = "6ab72eeb9e77b07540897e0c8d6d23ec8eef0f8c3a47e1b3f4e93443d9536bed"  # 1024 x "A"
 
-# Copied from ../shared/presign-vectors.json (two independent signers agree; v4 is sregistry's own output, v0
+# Copied from docs/protocol.md §9.5 (two independent signers agree; v4 is sregistry's own output, v0
 # botocore's). v4 signs the sha256 as a header only, nothing in the query: SeaweedFS refuses it, so `presign` never
 # produces it, but the general path must (it proves the same SigV4 underneath).
 VECTORS: dict[str, dict[str, str]] = {

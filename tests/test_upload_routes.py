@@ -376,7 +376,7 @@ async def test_the_legacy_completion_is_the_only_v2_imagefile_shape_forwarded(
     assert seen == [("PUT", f"/v2/imagefile/{image_id}/_complete")]
 
 
-OCI_PREFLIGHT = "/v1/oci-redirect?accessTypes=pull%2Cpush&mapped=1&namespace=alice%2Fc%2Fn"  # PROTOCOL.md §3 step 0
+OCI_PREFLIGHT = "/v1/oci-redirect?accessTypes=pull%2Cpush&mapped=1&namespace=alice%2Fc%2Fn"  # protocol.md §3 step 0
 
 
 @pytest.mark.parametrize("registry_answers", [404, 200])

@@ -1,6 +1,6 @@
 """signing-gateway's own library-API client: ``push`` and ``pull`` with parallel transfers, retries and resume.
 
-It speaks the library API exactly as the Apptainer client does (PROTOCOL.md §2-§7), so it works through the
+It speaks the library API exactly as the Apptainer client does (docs/protocol.md §2-§7), so it works through the
 gateway against any registry behind it. It imports nothing from the server side of this package.
 
     refs      library:// references

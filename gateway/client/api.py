@@ -1,4 +1,4 @@
-"""Library-API calls, shaped as the real client sends them (PROTOCOL.md §2-§7).
+"""Library-API calls, shaped as the real client sends them (docs/protocol.md §2-§7).
 
 JSON bodies go out compact and without a Content-Type (sregistry answers 415 to one on tag POSTs); the token as
 ``Authorization: Bearer <tok>``; failures come back as ``{"error":{"code","message"}}`` and become typed errors.

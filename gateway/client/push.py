@@ -1,6 +1,6 @@
 """``push FILE library://e/c/n:tags``: the real client's request sequence, with parallel parts, retries and resume.
 
-Sequence (PROTOCOL.md §3-§6): entity, collection, container, ``GET v1/images/e/c/n:sha256.<hex>`` (404 ⇒ POST),
+Sequence (docs/protocol.md §3-§6): entity, collection, container, ``GET v1/images/e/c/n:sha256.<hex>`` (404 ⇒ POST),
 ``GET version``, then the upload, then the tags. What differs from the real client:
 
 * Multipart is used for any file of at least 5 MiB (S3's smallest part; a smaller file is always one part), not

@@ -1,6 +1,6 @@
 """A faithful fake of Singularity Registry Server's library API (sregistry), for tests and the demo.
 
-It answers the routes, statuses, JSON shapes and wire quirks of the real server (PROTOCOL.md §2-§8, §9b)
+It answers the routes, statuses, JSON shapes and wire quirks of the real server (docs/protocol.md §2-§8, §9b)
 from in-memory state, and presigns S3 URLs like sregistry does. It never imports the gateway.
 
     app = make_registry_app(RegistrySettings(users={TOKEN: "alice"}, s3_endpoint=..., ...))
