@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer
 
 from gateway.app import Gateway
 from gateway.config import Config
@@ -24,7 +24,7 @@ OTHER_TOKEN = "fedcba9876543210fedcba9876543210fedcba98"
 OTHER_USER = "bob"
 MIB = 1024 * 1024
 
-ServerFactory = Callable[..., Awaitable[TestServer]]
+ServerFactory = Callable[..., Awaitable[BaseTestServer]]
 
 
 def free_port() -> int:
@@ -38,14 +38,15 @@ class Stack:
     s3: S3Server
     registry: web.Application
     registry_url: str
-    gateway: web.Application
+    gateway: Gateway
     gateway_url: str
     config: Config
     flavour: Flavour = "s3"
 
     @property
     def requests_seen_by_registry(self) -> list[Any]:
-        return list(self.registry[REQUEST_LOG])
+        log: list[Any] = self.registry[REQUEST_LOG]
+        return list(log)
 
     @property
     def registry_state(self) -> Any:

@@ -71,7 +71,7 @@ def recording_upstream(seen: Seen) -> web.Application:
     return app
 
 
-async def start_gateway(aiohttp_client: Client, upstream_url: str, **sections: dict[str, Any]) -> Any:
+async def start_gateway(aiohttp_client: Client, upstream_url: str, **sections: Any) -> Any:
     return await aiohttp_client(GatewayTestServer(Gateway(gateway_config(upstream_url=upstream_url, **sections))))
 
 

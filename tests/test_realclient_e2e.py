@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.realclient import RealClient
+from tests.registry import Flavour
 from tests.s3servers import S3Server
 from tests.stack import MIB, TOKEN, USER, Stack, start_stack, unique_ref
 
@@ -62,10 +63,10 @@ async def test_real_client_pushes_and_pulls_through_the_gateway(
     realclient: RealClient,
     images: dict[str, Path],
     tmp_path: Path,
-    flavour: str,
+    flavour: Flavour,
     flow: str,
 ) -> None:
-    stack = await start_stack(aiohttp_server, s3_server, flavour=flavour)  # type: ignore[arg-type]
+    stack = await start_stack(aiohttp_server, s3_server, flavour=flavour)
     await push_and_pull(stack, realclient, images[flow], tmp_path)
     started = [r for r in stack.requests_seen_by_registry if r.method == "POST" and r.path.startswith("/v2/")]
     assert started, "the registry was never asked who may push"
@@ -78,12 +79,12 @@ async def test_real_client_falls_back_to_the_single_upload_when_multipart_is_off
     realclient: RealClient,
     images: dict[str, Path],
     tmp_path: Path,
-    flavour: str,
+    flavour: Flavour,
 ) -> None:
     stack = await start_stack(
         aiohttp_server,
         s3_server,
         flavour=flavour,
-        uploads={"multipart": False},  # type: ignore[arg-type]
+        uploads={"multipart": False},
     )
     await push_and_pull(stack, realclient, images["multipart"], tmp_path)

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from botocore.exceptions import ClientError
 
 from tests.realclient import RealClient
@@ -34,6 +34,12 @@ PROCESS_START_TIMEOUT_S = 30.0
 PROCESS_STOP_TIMEOUT_S = 10.0
 
 Client = TestClient[web.Request, web.Application]
+
+
+def app_of(client: Client) -> web.Application:
+    """The fake's application behind a test client (to reconfigure it or read its state)."""
+    assert isinstance(client.server, TestServer)
+    return client.server.app
 StartRegistry = Callable[[RegistrySettings], Awaitable[Client]]
 
 
@@ -143,7 +149,7 @@ async def test_unknown_paths_are_404_html(registry: Client) -> None:
 async def test_the_oci_preflight_is_404_unless_the_fake_plays_a_library_with_an_oci_registry(registry: Client) -> None:
     path = "/v1/oci-redirect?accessTypes=pull%2Cpush&mapped=1&namespace=alice%2Fc1%2Fn"
     assert (await registry.get(path, headers=auth(ALICE))).status == 404  # sregistry: no such route
-    reconfigure(registry.server.app, oci_redirect_url="https://oci.example.org")
+    reconfigure(app_of(registry), oci_redirect_url="https://oci.example.org")
     reply = await registry.get(path, headers=auth(ALICE))
     assert reply.status == 200
     answer = await reply.json()
@@ -249,7 +255,7 @@ async def test_looking_up_an_image_by_sha256_creates_a_new_row_every_time(regist
     assert first["id"] != second["id"]
     assert first["hash"] == f"sha256.{SHA}"
     assert "uploaded" not in first  # the Go client reads false and uploads
-    tags = [image.tag for image in registry.server.app[STATE].images.values()]
+    tags = [image.tag for image in app_of(registry)[STATE].images.values()]
     assert len(tags) == 2 and all(t.startswith("DUMMY-") for t in tags)
 
 
@@ -258,7 +264,7 @@ async def test_image_rows_are_created_only_in_an_owned_existing_collection(regis
     path = f"/v1/images/bob/c1/n:sha256.{SHA}"
     assert (await registry.get(path, headers=auth(BOB))).status == 403
     assert (await registry.get(f"/v1/images/alice/none/n:sha256.{SHA}", headers=auth(ALICE))).status == 404
-    assert registry.server.app[STATE].images == {}
+    assert app_of(registry)[STATE].images == {}
 
 
 async def test_a_tagged_image_reads_back_with_hash_and_null_size(registry: Client) -> None:
@@ -360,7 +366,7 @@ async def test_multipart_abort_deletes_the_image_row(registry: Client) -> None:
         f"/v2/imagefile/{image['id']}/_multipart_abort", data=b'{"uploadID":"x"}', headers=auth(ALICE)
     )
     assert reply.status == 200
-    assert int(image["id"]) not in registry.server.app[STATE].images
+    assert int(image["id"]) not in app_of(registry)[STATE].images
     assert (await post_json(registry, f"/v2/imagefile/{image['id']}", {})).status == 404
 
 
@@ -398,7 +404,7 @@ async def test_a_near_miss_abort_path_deletes_the_image_row(registry: Client) ->
         f"/v2/imagefile/{image['id']}/_multipart_abor", data=b'{"uploadID":"x"}', headers=auth(ALICE)
     )
     assert reply.status == 200
-    assert int(image["id"]) not in registry.server.app[STATE].images
+    assert int(image["id"]) not in app_of(registry)[STATE].images
 
 
 async def test_multipart_complete_for_an_upload_never_started_is_a_500(registry: Client) -> None:
@@ -419,7 +425,7 @@ async def test_a_chunked_or_malformed_collection_post_is_a_500(registry: Client)
     malformed = await registry.post("/v1/collections", data=b'{"name":', headers=auth(ALICE))
     assert malformed.status == 500
     assert malformed.headers["Content-Type"].startswith("text/html")
-    assert registry.server.app[STATE].collections == {}
+    assert app_of(registry)[STATE].collections == {}
 
 
 # --- tags ------------------------------------------------------------------------------------------------
@@ -464,7 +470,7 @@ async def test_a_tag_post_deletes_the_same_name_and_tag_in_another_collection(st
     await tag(client, first["id"], old["id"], "latest")
     new = await new_image(client, "c2", sha="2" * 64)
     await tag(client, second["id"], new["id"], "latest")
-    images = client.server.app[STATE].images
+    images = app_of(client)[STATE].images
     assert int(old["id"]) not in images
     assert images[int(new["id"])].tag == "latest"
 
@@ -473,12 +479,12 @@ async def test_a_frozen_tag_refuses_a_new_image_and_deletes_its_row(registry: Cl
     collection = await create_collection(registry, "c1")
     old = await new_image(registry, "c1", sha="1" * 64)
     await tag(registry, collection["id"], old["id"], "stable")
-    registry.server.app[STATE].images[int(old["id"])].frozen = True
+    app_of(registry)[STATE].images[int(old["id"])].frozen = True
     new = await new_image(registry, "c1", sha="2" * 64)
     reply = await post_json(registry, f"/v1/tags/{collection['id']}", {"Tag": "stable", "ImageID": new["id"]})
     assert reply.status == 400
     assert await reply.json() == {"message": "This tag exists, and is frozen."}
-    assert set(registry.server.app[STATE].images) == {int(old["id"])}
+    assert set(app_of(registry)[STATE].images) == {int(old["id"])}
 
 
 # --- pull ------------------------------------------------------------------------------------------------
@@ -536,7 +542,7 @@ async def test_head_is_answered_with_the_get_body(registry: Client) -> None:
 async def test_the_request_log_records_what_reached_the_registry(registry: Client) -> None:
     await registry.post("/v1/collections", data=chunks(b"{}"), headers=auth(ALICE, "Bearer"))
     await post_json(registry, "/v2/imagefile/7", {"filesize": 1})
-    chunked, sized = registry.server.app[REQUEST_LOG]
+    chunked, sized = app_of(registry)[REQUEST_LOG]
     assert (chunked.method, chunked.path, chunked.chunked, chunked.status) == ("POST", "/v1/collections", True, 500)
     assert chunked.headers["authorization"] == f"Bearer {ALICE}"
     assert (sized.chunked, sized.body_length, sized.status) == (False, len(b'{"filesize": 1}'), 404)
@@ -545,7 +551,7 @@ async def test_the_request_log_records_what_reached_the_registry(registry: Clien
     assert [entry["path"] for entry in over_http] == ["/v1/collections", "/v2/imagefile/7"]
     assert ["Content-Length", "15"] in over_http[1]["headers"]
     assert (await registry.delete("/__fake__/log")).status == 204
-    assert registry.server.app[REQUEST_LOG] == []
+    assert app_of(registry)[REQUEST_LOG] == []
 
 
 async def test_the_state_is_readable_over_http(registry: Client) -> None:
@@ -576,7 +582,7 @@ async def test_close_after_unread_body_resets_the_next_request_on_that_connectio
     client = await start_registry(base_settings(close_after_unread_body=True))
     with pytest.raises(aiohttp.ClientConnectionError):
         await unread_body_twice(client)
-    log = client.server.app[REQUEST_LOG]
+    log = app_of(client)[REQUEST_LOG]
     assert [r.reset for r in log] == [False, True]
     assert (await client.get("/version")).status == 200  # a new connection is fine
 
@@ -619,13 +625,13 @@ async def test_the_selfhosted_public_url_can_be_set_once_the_port_is_known(
     start_registry: StartRegistry, tmp_path: Path
 ) -> None:
     client = await start_registry(base_settings(flavour="selfhosted", storage_dir=tmp_path))
-    reconfigure(client.server.app, public_url="http://registry.internal:1234")
+    reconfigure(app_of(client), public_url="http://registry.internal:1234")
     await create_collection(client, "c1")
     image = await new_image(client, "c1")
     upload_url = (await (await post_json(client, f"/v2/imagefile/{image['id']}", {})).json())["data"]["uploadURL"]
     assert upload_url.startswith(f"http://registry.internal:1234/v2/push/imagefile/{image['id']}/")
     with pytest.raises(ValueError, match="users"):
-        reconfigure(client.server.app, users={})
+        reconfigure(app_of(client), users={})
 
 
 async def test_a_chunked_selfhosted_upload_is_a_500(start_registry: StartRegistry, tmp_path: Path) -> None:
@@ -670,7 +676,7 @@ async def test_the_real_client_pushes_and_pulls_through_the_s3_flavour(
     source.write_bytes(os.urandom(3 << 20))
     pushed = await realclient.push(base, ALICE, source, "alice/rc1/app:v1", timeout=120)
     assert pushed.ok, pushed.stderr
-    paths = [(r.method, r.path) for r in client.server.app[REQUEST_LOG]]
+    paths = [(r.method, r.path) for r in app_of(client)[REQUEST_LOG]]
     assert ("POST", "/v1/collections") in paths and ("POST", "/v1/tags/1") in paths
     assert not any(path.endswith("/_multipart") for _, path in paths)  # <= 64 MiB: legacy upload only
     single = await realclient.pull(base, ALICE, "alice/rc1/app:v1", tmp_path / "single.sif", timeout=120)

@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from gateway.app import Gateway
 from tests.gateway_fixtures import GatewayTestServer, gateway_env
@@ -24,7 +23,7 @@ FILE = os.urandom(40 * MIB + 777)  # two parts of 32 MiB, the last one short
 FILE_SHA = hashlib.sha256(FILE).hexdigest()
 
 
-async def start_gateway(s3: S3Server, registry_url: str, port: int | None = None) -> tuple[TestServer, str]:
+async def start_gateway(s3: S3Server, registry_url: str, port: int | None = None) -> tuple[GatewayTestServer, str]:
     port = port or free_port()
     server = GatewayTestServer(Gateway(stack_config(s3, registry_url=registry_url, gateway_port=port)), port=port)
     await server.start_server()

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import botocore.session  # type: ignore[import-untyped]
-from botocore.client import Config  # type: ignore[import-untyped]
+import botocore.session
+from botocore.client import Config
 
 from .replies import ServerError
 from .settings import RegistrySettings
