@@ -20,10 +20,8 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports():
-    from gateway.config import MAX_PART_SIZE
+    from gateway.plan import MAX_FILESIZE, MAX_PART_SIZE, MAX_PARTS
     from gateway.uploads import (
-        MAX_FILESIZE,
-        MAX_PARTS,
         AbortRequest,
         CompleteRequest,
         LegacyStartRequest,

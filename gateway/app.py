@@ -46,20 +46,6 @@ def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"code": status, "message": message}}, status=status)
 
 
-def s3_settings(config: Config) -> S3Settings:
-    s3 = config.s3
-    return S3Settings(
-        endpoint=s3.internal_endpoint,
-        region=s3.region,
-        access_key=s3.access_key,
-        secret_key=s3.secret_key,
-        verify_tls=s3.verify_tls,
-        ca_bundle=s3.ca_bundle,
-        connect_timeout_s=s3.connect_timeout_seconds,
-        read_timeout_s=s3.read_timeout_seconds,
-    )
-
-
 class Gateway:
     """Answers every request: takes or makes its request id, dispatches it (routes.py), turns errors into the
     library's JSON error shape, and counts and logs it. ``start`` creates the clients (it never calls out),
@@ -88,7 +74,7 @@ class Gateway:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._closing.append(upstream_session.close)
-        s3 = S3Client(s3_settings(config), clock=self._now)
+        s3 = S3Client(S3Settings.of(config.s3), clock=self._now)
         self._closing.append(s3.close)
         upstream = URL(config.upstream.url)
         registry = Registry(upstream_session, upstream, read_timeout_s=config.upstream.read_timeout_seconds)

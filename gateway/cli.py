@@ -96,12 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _sweep(config: Config, args: argparse.Namespace) -> int:
-    from .app import s3_settings
-    from .s3 import S3Client, S3Error
+    from .s3 import S3Client, S3Error, S3Settings
     from .sweeper import sweep
 
     grace = args.grace_seconds if args.grace_seconds is not None else config.uploads.sweep_grace_seconds
-    async with S3Client(s3_settings(config)) as s3:
+    async with S3Client(S3Settings.of(config.s3)) as s3:
         try:
             report = await sweep(
                 s3,

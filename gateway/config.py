@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from .plan import MAX_PART_SIZE, MIN_PART_SIZE
 from .sigv4 import MAX_EXPIRES_S, Endpoint
 
 __all__ = [
     "DEFAULT_IMAGE_ID_PATTERN",
-    "MAX_PART_SIZE",
-    "MIN_PART_SIZE",
     "Config",
     "ConfigError",
     "DownloadsConfig",
@@ -35,8 +34,6 @@ __all__ = [
 ]
 
 MIB = 1024 * 1024
-MIN_PART_SIZE = 5 * MIB  # S3: every part but the last
-MAX_PART_SIZE = 5 * 1024 * MIB  # S3: any part
 ENV_PREFIX = "GATEWAY_"
 # sregistry's ids: SQLite/PostgreSQL integer keys from 1; up to 18 digits always fits a signed 64-bit INTEGER.
 DEFAULT_IMAGE_ID_PATTERN = "[1-9][0-9]{0,17}"

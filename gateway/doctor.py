@@ -33,9 +33,8 @@ import aiohttp
 import yarl
 from multidict import CIMultiDictProxy
 
-from .app import s3_settings
 from .config import Config
-from .s3 import MALFORMED_ANSWER, S3Client, S3ConnectionError, S3Error, S3ResponseError, error_fields
+from .s3 import MALFORMED_ANSWER, S3Client, S3ConnectionError, S3Error, S3ResponseError, S3Settings, error_fields
 from .sigv4 import Credentials, Endpoint, Signer, sha256_hex
 
 __all__ = ["CLOCK_FAIL_S", "CLOCK_WARN_S", "Finding", "Status", "run_doctor"]
@@ -105,7 +104,7 @@ async def run_doctor(
 ) -> int:
     """Run every check, printing one line each through ``out``; 0 if none failed, else 1."""
     settings = dataclasses.replace(
-        s3_settings(config), max_retries=0, read_timeout_s=min(config.s3.read_timeout_seconds, REQUEST_TIMEOUT_S)
+        S3Settings.of(config.s3), max_retries=0, read_timeout_s=min(config.s3.read_timeout_seconds, REQUEST_TIMEOUT_S)
     )
     async with (
         S3Client(settings, clock=clock) as s3,

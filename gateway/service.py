@@ -21,19 +21,12 @@ from .errors import Conflict, GatewayError, InvalidRequest, PayloadTooLarge, Sto
 from .journal import JournalEntry, completion_marker_key, journal_key
 from .logs import note_upload
 from .metrics import Metrics
+from .plan import MAX_SINGLE_PUT, plan_parts
 from .registry import Registry
 from .s3 import S3Client, S3ClientError, S3Error, S3UsageError
 from .sigv4 import Endpoint, Signer
 from .tokens import Mode, TokenSealer, UploadGrant
-from .uploads import (
-    MAX_SINGLE_PUT,
-    AbortRequest,
-    CompleteRequest,
-    LegacyStartRequest,
-    PartRequest,
-    StartRequest,
-    plan_parts,
-)
+from .uploads import AbortRequest, CompleteRequest, LegacyStartRequest, PartRequest, StartRequest
 
 __all__ = ["S3Location", "UploadService", "origin_of"]
 

@@ -1,4 +1,4 @@
-"""Upload arithmetic and the request bodies of the intercepted routes, validated. Pure: no I/O.
+"""The request bodies of the intercepted routes, validated. Pure: no I/O.
 
 Every client mistake becomes an InvalidRequest (400) here, before anything reaches S3 or the registry.
 """
@@ -10,13 +10,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DEFAULT_IMAGE_ID_PATTERN, MAX_PART_SIZE, MIN_PART_SIZE
+from .config import DEFAULT_IMAGE_ID_PATTERN
 from .errors import InvalidRequest
+from .plan import MAX_FILESIZE, MAX_PART_SIZE, MAX_PARTS
 
 __all__ = [
-    "MAX_FILESIZE",
-    "MAX_PARTS",
-    "MAX_SINGLE_PUT",
     "AbortRequest",
     "CompleteRequest",
     "LegacyStartRequest",
@@ -24,16 +22,11 @@ __all__ = [
     "StartRequest",
     "check_image_id",
     "parse_json_object",
-    "plan_parts",
 ]
 
-MAX_PARTS = 10_000
-MAX_FILESIZE = 5 * 1024**4  # 5 TiB: S3's object size limit
-MAX_SINGLE_PUT = 5 * 1024**3  # 5 GiB: S3's single PUT limit
 _SAFE_IMAGE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _DEFAULT_IMAGE_ID = re.compile(DEFAULT_IMAGE_ID_PATTERN)
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_MIB = 1024 * 1024
 
 
 def check_image_id(image_id: str, pattern: re.Pattern[str] = _DEFAULT_IMAGE_ID) -> str:
@@ -45,20 +38,6 @@ def check_image_id(image_id: str, pattern: re.Pattern[str] = _DEFAULT_IMAGE_ID) 
     if not pattern.fullmatch(image_id):
         raise InvalidRequest(f"image id must match {pattern.pattern} (uploads.image_id_pattern)")
     return image_id
-
-
-def plan_parts(filesize: int, part_size: int) -> tuple[int, int]:
-    """``(part_size, total_parts)``: total = ceil(size / part), at most 10,000 parts, never an empty last part.
-
-    The part size is raised (to a whole MiB) when the configured one would need more than 10,000 parts.
-    """
-    if not 1 <= filesize <= MAX_FILESIZE:
-        raise InvalidRequest(f"filesize must be within 1..{MAX_FILESIZE}")
-    needed = -(-filesize // MAX_PARTS)
-    if needed > part_size:
-        part_size = -(-needed // _MIB) * _MIB
-    part_size = max(MIN_PART_SIZE, min(part_size, MAX_PART_SIZE))
-    return part_size, -(-filesize // part_size)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

@@ -42,14 +42,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import Gateway
-from gateway.config import MAX_PART_SIZE
 from gateway.errors import InvalidRequest
 from gateway.logs import REDACT_PARSER_ERRORS, JsonFormatter
+from gateway.plan import MAX_FILESIZE, MAX_PART_SIZE, MAX_PARTS
 from gateway.routes import MAX_JSON_BODY
 from gateway.tokens import credential_of
 from gateway.uploads import (
-    MAX_FILESIZE,
-    MAX_PARTS,
     AbortRequest,
     CompleteRequest,
     LegacyStartRequest,

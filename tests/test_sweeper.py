@@ -13,8 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.app import s3_settings
-from gateway.s3 import NoSuchUpload, S3Client
+from gateway.s3 import NoSuchUpload, S3Client, S3Settings
 from gateway.sweeper import sweep
 from gateway.tokens import TokenSealer
 from tests.gateway_fixtures import TOKEN_SECRET, gateway_env
@@ -93,7 +92,7 @@ async def test_the_sweeper_aborts_uploads_abandoned_past_their_expiry(
     assert process.returncode == 0, err.decode()
     report = json.loads(out)
     assert report["aborted_uploads"] >= 1 and report["errors"] == []
-    async with S3Client(s3_settings(stack.config)) as s3:
+    async with S3Client(S3Settings.of(stack.config.s3)) as s3:
         with pytest.raises(NoSuchUpload):
             await s3.list_parts(grant.bucket, grant.key, grant.upload_id)
     assert not [k for k in journal_keys(s3_server) if k.split("/")[-1].startswith(f"{grant.expires_at:012d}")]
@@ -104,7 +103,7 @@ async def test_live_uploads_are_left_alone_and_concurrent_sweeps_are_safe(
 ) -> None:
     stack = await start_stack(aiohttp_server, seaweedfs, uploads=SIX_MIB_PARTS)
     _, grant = await abandoned_upload(stack, session)
-    async with S3Client(s3_settings(stack.config)) as s3:
+    async with S3Client(S3Settings.of(stack.config.s3)) as s3:
         reports = await asyncio.gather(
             *(
                 sweep(s3, bucket=BUCKET, staging_prefix="_gateway/", now=grant.expires_at - 10, grace_s=0)
@@ -131,7 +130,7 @@ async def test_sweep_dry_run_removes_nothing(
 ) -> None:
     stack = await start_stack(aiohttp_server, seaweedfs, uploads=SIX_MIB_PARTS)
     _, grant = await abandoned_upload(stack, session)
-    async with S3Client(s3_settings(stack.config)) as s3:
+    async with S3Client(S3Settings.of(stack.config.s3)) as s3:
         report = await sweep(
             s3, bucket=BUCKET, staging_prefix="_gateway/", now=grant.expires_at + 10, grace_s=0, dry_run=True
         )

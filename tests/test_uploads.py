@@ -10,15 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.errors import InvalidRequest
+from gateway.plan import MAX_FILESIZE, MAX_PARTS, plan_parts
 from gateway.uploads import (
-    MAX_FILESIZE,
-    MAX_PARTS,
     CompleteRequest,
     LegacyStartRequest,
     PartRequest,
     StartRequest,
     check_image_id,
-    plan_parts,
 )
 
 MIB = 2**20

@@ -1,18 +1,5 @@
 """The gateway's own calls to the internal S3 endpoint: path-style, header-signed, one pooled session.
 
-Exceptions (the lead maps them to HTTP answers in one place)::
-
-    S3Error
-    ├── S3ResponseError        S3 answered with an error: status, code, message, request_id, resource
-    │   ├── S3ClientError      4xx (and a 200 <Error> body with any other code)
-    │   │   └── NoSuchUpload   an upload-scoped call found no upload (AWS: NoSuchUpload; radosgw: 404 NoSuchKey)
-    │   └── S3ServerError      5xx, or a 200 <Error> body with InternalError / ServiceUnavailable / SlowDown
-    ├── S3ConnectionError      connect failure, timeout, connection lost; ``request_sent`` says if S3 may have acted
-    └── S3UsageError           ValueError: the arguments were refused here, nothing was sent
-        ├── InvalidETag
-        ├── InvalidPartList
-        └── BodyLengthMismatch a streamed body was shorter or longer than its declared length
-
 Retries (exponential backoff with jitter, ``max_retries`` extra attempts, each attempt signed afresh) happen only
 where repeating a call cannot do harm: HEAD, GET (until the body starts), List*, DELETE, Abort, single PUTs and
 UploadPart with an in-memory body (the same bytes overwrite the same object or part) and CompleteMultipartUpload.
@@ -38,230 +25,60 @@ import asyncio
 import enum
 import io
 import random
-import re
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 from xml.etree import ElementTree
-from xml.sax.saxutils import escape as xml_escape
 
 import aiohttp
 import yarl
 from multidict import CIMultiDictProxy
 
-from gateway.sigv4 import (
-    UNSIGNED_PAYLOAD,
-    Credentials,
-    Endpoint,
-    Signer,
-    canonical_query,
-    s3_path,
-    sha256_hex,
-    uri_encode,
+from ..plan import MAX_PARTS
+from ..sigv4 import UNSIGNED_PAYLOAD, Credentials, Endpoint, Signer, canonical_query, s3_path, sha256_hex, uri_encode
+from .documents import (
+    Malformed,
+    complete_body,
+    completed_object,
+    error_fields,
+    error_fields_of,
+    http_date,
+    is_error_document,
+    normalise_etag,
+    objects_page,
+    parts_page,
+    upload_id_of,
+    uploads_page,
+    xml_root,
 )
+from .errors import (
+    BodyLengthMismatch,
+    InvalidPartList,
+    NoSuchUpload,
+    S3ClientError,
+    S3ConnectionError,
+    S3Error,
+    S3ResponseError,
+    S3ServerError,
+    S3UsageError,
+    classify,
+    malformed,
+)
+from .values import CompleteResult, MultipartUpload, ObjectInfo, ObjectSummary, Part, S3Settings
 
-__all__ = [
-    "error_fields",
-    "MALFORMED_ANSWER",
-    "MAX_PARTS",
-    "BodyLengthMismatch",
-    "CompleteResult",
-    "InvalidETag",
-    "InvalidPartList",
-    "MultipartUpload",
-    "NoSuchUpload",
-    "ObjectInfo",
-    "ObjectStream",
-    "ObjectSummary",
-    "Part",
-    "S3Client",
-    "S3ClientError",
-    "S3ConnectionError",
-    "S3Error",
-    "S3ResponseError",
-    "S3ServerError",
-    "S3Settings",
-    "S3UsageError",
-    "is_retryable",
-    "normalise_etag",
-]
+__all__ = ["ObjectStream", "S3Client"]
 
-MAX_PARTS = 10000  # S3: part numbers 1..10000
-MAX_ETAG_LENGTH = 128
 ERROR_BODY_CAP = 64 * 1024  # an <Error> document is a few hundred bytes
 RESULT_BODY_CAP = 16 * 1024 * 1024  # a listing page of 1,000 long keys stays well below this
 MAX_BACKOFF_S = 5.0
-MALFORMED_ANSWER = "MalformedAnswer"  # our code for an answer we cannot use (not XML, too large, no UploadId)
 READ_CHUNK = 256 * 1024
 INLINE_HASH_LIMIT = 1024 * 1024  # larger in-memory bodies are hashed in a thread and sent from a BytesIO
 
-# Codes that a 200 <Error> body (CompleteMultipartUpload, CopyObject) uses for "failed, try again".
-_SERVER_SIDE_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown"})
-# 4xx codes AWS SDKs also retry: the request was fine, the moment was not.
-_RETRYABLE_CLIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "TooManyRequests"})
-_ETAG = re.compile(rf"[\x21\x23-\x7e]{{1,{MAX_ETAG_LENGTH}}}")  # printable ASCII without space and '"'
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Exceptions
-
-
-class S3Error(Exception):
-    """Anything the S3 client raises."""
-
-    @property
-    def retryable(self) -> bool:
-        return False
-
-
-class S3ResponseError(S3Error):
-    """S3 answered with an error status or an <Error> document."""
-
-    def __init__(
-        self,
-        operation: str,
-        *,
-        status: int,
-        code: str,
-        message: str,
-        request_id: str = "",
-        resource: str = "",
-    ) -> None:
-        self.operation = operation
-        self.status = status
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-        self.resource = resource
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        detail = f": {self.message}" if self.message else ""
-        request = f" (request {self.request_id})" if self.request_id else ""
-        return f"{self.operation}: {self.status} {self.code}{detail}{request}"
-
-    @property
-    def retryable(self) -> bool:
-        return self.code in _RETRYABLE_CLIENT_CODES or self.status == 429
-
-
-class S3ClientError(S3ResponseError):
-    """A 4xx: the request was refused (InvalidPart, EntityTooSmall, NoSuchKey, AccessDenied, ...: see ``code``)."""
-
-
-class NoSuchUpload(S3ClientError):
-    """The multipart upload does not exist (any more); ``code`` keeps the server's word for it."""
-
-
-class S3ServerError(S3ResponseError):
-    """A 5xx, or a 200 whose body is an <Error> S3 asks to retry, or an answer this client cannot use."""
-
-    @property
-    def retryable(self) -> bool:
-        return self.code != MALFORMED_ANSWER
-
-
-class S3ConnectionError(S3Error):
-    """No usable answer: connect failure, timeout or a connection lost mid-request."""
-
-    def __init__(self, operation: str, reason: str, *, request_sent: bool) -> None:
-        self.operation = operation
-        self.reason = reason
-        self.request_sent = request_sent  # False: S3 cannot have acted on it
-        super().__init__(f"{operation}: {reason}")
-
-    @property
-    def retryable(self) -> bool:
-        return True
-
-
-class S3UsageError(S3Error, ValueError):
-    """The arguments were refused before anything was sent."""
-
-
-class InvalidETag(S3UsageError):
-    pass
-
-
-class InvalidPartList(S3UsageError):
-    pass
-
-
-class BodyLengthMismatch(S3UsageError):
-    """A streamed body did not have the declared length; the request was aborted before S3 got all the bytes."""
-
-    def __init__(self, *, expected: int, received: int, longer: bool) -> None:
-        self.expected = expected
-        self.received = received
-        relation = "more than" if longer else "only"
-        super().__init__(f"body length mismatch: declared {expected} bytes, the body gave {relation} {received}")
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Whether repeating the same (idempotent) call may succeed."""
-    return isinstance(exc, S3Error) and exc.retryable
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Values
-
-
-@dataclass(frozen=True, slots=True)
-class S3Settings:
-    endpoint: str
-    region: str
-    access_key: str
-    secret_key: str
-    verify_tls: bool = True
-    ca_bundle: str = ""  # "" = the system's trust store
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
-    max_retries: int = 3
-    pool_limit: int = 64
-    retry_base_delay_s: float = 0.1
-
-    def __repr__(self) -> str:  # never print the secret
-        return f"S3Settings(endpoint={self.endpoint!r}, region={self.region!r}, access_key={self.access_key!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class CompleteResult:
-    etag: str
-    location: str
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    number: int
-    etag: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class MultipartUpload:
-    key: str
-    upload_id: str
-    initiated: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    size: int
-    etag: str
-    last_modified: datetime | None
-    content_type: str
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectSummary:
-    key: str
-    size: int
-    etag: str
-    last_modified: datetime | None
+T = TypeVar("T")
 
 
 class ObjectStream:
@@ -303,41 +120,6 @@ class ObjectStream:
         """The whole body: for small objects and tests."""
         return b"".join([chunk async for chunk in self.iter_chunks()])
 
-
-def normalise_etag(value: str) -> str:
-    """An ETag without its surrounding quotes."""
-    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
-
-
-def validated_etag(value: str) -> str:
-    """A part's ETag, quotes optional, checked to be a plausible ETag; returned bare."""
-    bare = normalise_etag(value)
-    if not _ETAG.fullmatch(bare) or "<" in bare or "&" in bare:
-        raise InvalidETag(f"not a plausible ETag: {value[: MAX_ETAG_LENGTH + 2]!r}")
-    return bare
-
-
-def complete_body(parts: Sequence[tuple[int, str]]) -> bytes:
-    """The CompleteMultipartUpload document; parts are sorted, numbers 1..10000 and unique, ETags validated."""
-    if not parts:
-        raise InvalidPartList("a multipart upload needs at least one part")
-    ordered = sorted(parts, key=lambda part: part[0])
-    previous = 0
-    for number, _ in ordered:
-        if not 1 <= number <= MAX_PARTS:
-            raise InvalidPartList(f"part number {number} is outside 1..{MAX_PARTS}")
-        if number == previous:
-            raise InvalidPartList(f"part number {number} is listed twice")
-        previous = number
-    items = "".join(
-        f'<Part><PartNumber>{number}</PartNumber><ETag>"{xml_escape(validated_etag(etag))}"</ETag></Part>'
-        for number, etag in ordered
-    )
-    return f'<?xml version="1.0" encoding="UTF-8"?><CompleteMultipartUpload>{items}</CompleteMultipartUpload>'.encode()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Requests
 
 
 class _Retry(enum.Enum):
@@ -461,11 +243,7 @@ class S3Client:
             body=b"",
             retry=_Retry.UNSENT,
         )
-        root = _result(request, await self._call(request))
-        upload_id = _child_text(root, "UploadId")
-        if not upload_id:
-            raise _malformed(request, "no UploadId in the answer")
-        return upload_id
+        return _read(request, upload_id_of, _result(request, await self._call(request)))
 
     async def upload_part(self, bucket: str, key: str, upload_id: str, number: int, body: bytes) -> str:
         """Upload one part from memory (relay mode); returns its ETag."""
@@ -517,12 +295,11 @@ class S3Client:
             if completed is not None:
                 return completed
             raise gone from None
-        root = _result(request, answer)
-        etag = normalise_etag(_child_text(root, "ETag"))
+        etag, location = completed_object(_result(request, answer))
         if not etag:  # radosgw 16 answers <ETag></ETag> the first time; the object has one
             info = await self.head_object(bucket, key)
             etag = info.etag if info is not None else ""
-        return CompleteResult(etag=etag, location=_child_text(root, "Location") or self._object_url(bucket, key))
+        return CompleteResult(etag=etag, location=location or self._object_url(bucket, key))
 
     async def _upload_gone(self, bucket: str, key: str, upload_id: str) -> NoSuchUpload | None:
         """NoSuchUpload when a one-part ListParts finds no such upload; None when it exists or S3 cannot tell."""
@@ -570,15 +347,12 @@ class S3Client:
             if marker:
                 query.append(("part-number-marker", str(marker)))
             request = _Request("ListParts", "GET", s3_path(bucket, key), query=tuple(query), upload_scoped=True)
-            root = _result(request, await self._call(request))
-            page = [_part(request, element) for element in _children(root, "Part")]
-            parts.extend(page)
-            if not _is_truncated(root):
+            page = _read(request, parts_page, _result(request, await self._call(request)))
+            parts.extend(page.items)
+            if not page.truncated:
                 return parts
-            next_marker = _int_or_none(_child_text(root, "NextPartNumberMarker"))
-            if next_marker is None and page:
-                next_marker = page[-1].number
-            if next_marker is None or next_marker <= marker:
+            next_marker = int(page.next_marker[0] or 0)
+            if next_marker <= marker:
                 raise _malformed(request, "a truncated page without a usable NextPartNumberMarker")
             marker = next_marker
         raise _malformed(request, "more pages than an upload can have parts")
@@ -595,19 +369,12 @@ class S3Client:
             if upload_id_marker:
                 query.append(("upload-id-marker", upload_id_marker))
             request = _Request("ListMultipartUploads", "GET", _bucket_path(bucket), query=tuple(query))
-            root = _result(request, await self._call(request))
-            uploads.extend(
-                MultipartUpload(
-                    key=_child_text(element, "Key"),
-                    upload_id=_child_text(element, "UploadId"),
-                    initiated=_timestamp(_child_text(element, "Initiated")),
-                )
-                for element in _children(root, "Upload")
-            )
-            if not _is_truncated(root):
+            page = _read(request, uploads_page, _result(request, await self._call(request)))
+            uploads.extend(page.items)
+            if not page.truncated:
                 return uploads
             # SeaweedFS pages by upload id alone: no NextKeyMarker, and it wants upload-id-marker without key-marker.
-            next_markers = (_child_text(root, "NextKeyMarker"), _child_text(root, "NextUploadIdMarker"))
+            next_markers = (page.next_marker[0], page.next_marker[1])
             if next_markers in (("", ""), (key_marker, upload_id_marker)):
                 raise _malformed(request, "a truncated page without usable NextKeyMarker/NextUploadIdMarker")
             key_marker, upload_id_marker = next_markers
@@ -625,7 +392,7 @@ class S3Client:
         return ObjectInfo(
             size=int(answer.headers.get("Content-Length", "0")),
             etag=normalise_etag(answer.headers.get("ETag", "")),
-            last_modified=_http_date(answer.headers.get("Last-Modified", "")),
+            last_modified=http_date(answer.headers.get("Last-Modified", "")),
             content_type=answer.headers.get("Content-Type", ""),
         )
 
@@ -700,19 +467,11 @@ class S3Client:
             if token:
                 query.append(("continuation-token", token))
             request = _Request("ListObjectsV2", "GET", _bucket_path(bucket), query=tuple(query))
-            root = _result(request, await self._call(request))
-            objects.extend(
-                ObjectSummary(
-                    key=_child_text(element, "Key"),
-                    size=_int_or_none(_child_text(element, "Size")) or 0,
-                    etag=normalise_etag(_child_text(element, "ETag")),
-                    last_modified=_timestamp(_child_text(element, "LastModified")),
-                )
-                for element in _children(root, "Contents")
-            )
-            if not _is_truncated(root):
+            page = _read(request, objects_page, _result(request, await self._call(request)))
+            objects.extend(page.items)
+            if not page.truncated:
                 return objects
-            next_token = _child_text(root, "NextContinuationToken")
+            next_token = page.next_marker[0]
             if not next_token or next_token == token:
                 raise _malformed(request, "a truncated page without a usable NextContinuationToken")
             token = next_token
@@ -816,9 +575,18 @@ class S3Client:
             raise await _response_error(request, response)
         # S3 may answer 200 and report the failure in the body (CompleteMultipartUpload, after keep-alive
         # whitespace): checked here, inside the retry loop.
-        root = _xml_root(await _read_capped(request, response, RESULT_BODY_CAP))
-        if root is not None and _local(root.tag) == "Error":
-            raise _error_document(request, root)
+        root = xml_root(await _read_capped(request, response, RESULT_BODY_CAP))
+        if root is not None and is_error_document(root):
+            error = error_fields_of(root)
+            raise classify(
+                request.operation,
+                upload_scoped=request.upload_scoped,
+                status=200,
+                code=error.get("Code", "") or "InternalError",
+                message=error.get("Message", ""),
+                request_id=error.get("RequestId", ""),
+                resource=error.get("Resource", ""),
+            )
         return _Answer(response.status, response.headers, root)
 
     def _should_retry(self, request: _Request, exc: S3Error, attempt: int) -> bool:
@@ -858,6 +626,7 @@ class S3Client:
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
+
 
 
 def _ssl_setting(settings: S3Settings) -> ssl.SSLContext | bool:
@@ -923,35 +692,15 @@ async def _response_error(request: _Request, response: aiohttp.ClientResponse) -
             body = b""  # an oversized error page: the status alone must do
     error = error_fields(body)
     code = error.get("Code") or (response.reason or f"HTTP{response.status}").replace(" ", "")
-    return _error_for(
-        request,
+    return classify(
+        request.operation,
+        upload_scoped=request.upload_scoped,
         status=response.status,
         code=code,
         message=error.get("Message", "") or (body[:200].decode("utf-8", "replace") if not error else ""),
         request_id=error.get("RequestId", "") or response.headers.get("x-amz-request-id", ""),
         resource=error.get("Resource", ""),
     )
-
-
-def _error_for(
-    request: _Request, *, status: int, code: str, message: str, request_id: str, resource: str
-) -> S3ResponseError:
-    cls: type[S3ResponseError]
-    if status >= 500 or (status < 300 and code in _SERVER_SIDE_CODES):
-        cls = S3ServerError
-    elif request.upload_scoped and (code == "NoSuchUpload" or (status == 404 and code == "NoSuchKey")):
-        cls = NoSuchUpload  # radosgw says 404 NoSuchKey for an upload that was aborted
-    else:
-        cls = S3ClientError
-    return cls(request.operation, status=status, code=code, message=message, request_id=request_id, resource=resource)
-
-
-def error_fields(body: bytes) -> dict[str, str]:
-    """Code, Message, RequestId, Resource of an <Error> document; empty if the body is not one."""
-    root = _xml_root(body)
-    if root is None or _local(root.tag) != "Error":
-        return {}
-    return {_local(child.tag): (child.text or "").strip() for child in root}
 
 
 def _result(request: _Request, answer: _Answer) -> ElementTree.Element:
@@ -961,76 +710,13 @@ def _result(request: _Request, answer: _Answer) -> ElementTree.Element:
     return answer.root
 
 
-def _error_document(request: _Request, root: ElementTree.Element) -> S3ResponseError:
-    """The error a 200 with an <Error> document stands for."""
-    error = {_local(child.tag): (child.text or "").strip() for child in root}
-    return _error_for(
-        request,
-        status=200,
-        code=error.get("Code", "") or "InternalError",
-        message=error.get("Message", ""),
-        request_id=error.get("RequestId", ""),
-        resource=error.get("Resource", ""),
-    )
-
-
-def _xml_root(body: bytes) -> ElementTree.Element | None:
-    if not body.strip():
-        return None
-    try:
-        return ElementTree.fromstring(body)
-    except ElementTree.ParseError:
-        return None
-
-
 def _malformed(request: _Request, reason: str, *, status: int = 200) -> S3ServerError:
-    return S3ServerError(request.operation, status=status, code=MALFORMED_ANSWER, message=reason)
+    return malformed(request.operation, reason, status=status)
 
 
-def _local(tag: str) -> str:
-    """A tag without its namespace: S3 documents come with and without xmlns."""
-    return tag.rpartition("}")[2]
-
-
-def _children(element: ElementTree.Element, name: str) -> list[ElementTree.Element]:
-    return [child for child in element if _local(child.tag) == name]
-
-
-def _child_text(element: ElementTree.Element, name: str) -> str:
-    for child in element:
-        if _local(child.tag) == name:
-            return (child.text or "").strip()
-    return ""
-
-
-def _is_truncated(root: ElementTree.Element) -> bool:
-    return _child_text(root, "IsTruncated").lower() == "true"
-
-
-def _int_or_none(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
-
-
-def _part(request: _Request, element: ElementTree.Element) -> Part:
-    number = _int_or_none(_child_text(element, "PartNumber"))
-    size = _int_or_none(_child_text(element, "Size"))
-    if number is None or size is None:
-        raise _malformed(request, "a Part without PartNumber or Size")
-    return Part(number=number, etag=normalise_etag(_child_text(element, "ETag")), size=size)
-
-
-def _timestamp(text: str) -> datetime | None:
-    """An ISO 8601 time as S3 lists write it (``2024-01-02T03:04:05.000Z``)."""
+def _read(request: _Request, read: Callable[[ElementTree.Element], T], root: ElementTree.Element) -> T:
+    """A document reader's result; a document without what the operation needs is a malformed answer."""
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _http_date(text: str) -> datetime | None:
-    """An RFC 7231 date as in Last-Modified."""
-    try:
-        return datetime.strptime(text, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=UTC)
-    except ValueError:
-        return None
+        return read(root)
+    except Malformed as exc:
+        raise _malformed(request, str(exc)) from None
