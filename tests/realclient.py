@@ -1,4 +1,4 @@
-"""Build and drive tests/realclient/main.go: the real Apptainer library client (container-library-client v1.2.2).
+"""Build and drive realclient/main.go: the real Apptainer library client (container-library-client v1.2.2).
 
 The binary runs as a child process of the test, while the gateway and the fake registry run as aiohttp servers
 in the test's own event loop; every call here is therefore asynchronous, since a blocking wait would stop the
