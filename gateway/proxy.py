@@ -443,6 +443,8 @@ class Forwarder:
         self, request: web.BaseRequest, conn: UpstreamConnection, head: ResponseHead, redirect_status: int | None
     ) -> web.StreamResponse:
         headers = self.response_headers(head)
+        if request_id := REQUEST_ID.get():  # a streamed answer is sent before the handler's end could add it
+            headers["X-Request-Id"] = request_id
         status, reason = head.status, head.reason or None
         if redirect_status is not None and status in (301, 302, 307, 308) and "Location" in headers:
             status, reason = redirect_status, None

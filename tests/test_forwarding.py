@@ -4,6 +4,7 @@ answered, as RFC 9110/9112 want a proxy to behave."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,15 @@ def recording_upstream(seen: Seen) -> web.Application:
             await response.prepare(request)
             for i in range(5):
                 await response.write(b"chunk%d;" % i)
+            await response.write_eof()
+            return response
+        if request.path == "/stream-slow":  # the body is still coming when the head is forwarded: streamed back
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for i in range(3):
+                await response.write(b"late%d;" % i)
+                await asyncio.sleep(0.05)
             await response.write_eof()
             return response
         if request.path == "/headers":
@@ -443,3 +453,12 @@ async def test_an_upstream_dying_mid_body_fails_the_clients_response(
     response = await client.get("/dies")
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/stream-slow"), ("GET", "/no-content"), ("HEAD", "/headers")])
+async def test_answers_sent_before_their_end_is_known_carry_the_request_id_too(
+    gateway: Any, method: str, path: str
+) -> None:
+    reply = await gateway.request(method, path, headers={"X-Request-Id": "trace-42"})
+    await reply.read()
+    assert reply.headers.get("X-Request-Id") == "trace-42"
