@@ -18,7 +18,15 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .downloads import Downloads
-from .errors import InvalidRequest, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, UpstreamUnavailable
+from .errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
 from .logs import UPLOAD_FIELDS
 from .proxy import Forwarder, ForwardingPolicy, expects_continue, send_continue
 from .registry import json_or_none
@@ -320,6 +328,5 @@ def _passthrough(status: int, body: bytes, document: Any) -> web.Response:
     if status >= 500:
         raise UpstreamUnavailable(f"registry failed ({status})")
     if status >= 400 and not (isinstance(document, dict) and isinstance(document.get("error"), dict)):
-        message = f"registry answered {status}"
-        return web.json_response({"error": {"code": status, "message": message}}, status=status)
+        raise UpstreamRefused(f"registry answered {status}", status=status)
     return web.Response(status=status, body=body, content_type="application/json")
