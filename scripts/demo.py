@@ -26,10 +26,11 @@ from gateway.client.pull import PullOptions, pull  # noqa: E402
 from gateway.client.push import PushOptions, push  # noqa: E402
 from gateway.client.refs import parse_ref  # noqa: E402
 from gateway.config import load_config  # noqa: E402
+from tests.processes import free_port  # noqa: E402
 from tests.registry import REQUEST_LOG, make_registry_app  # noqa: E402
 from tests.s3_fixtures import BUCKET, serving  # noqa: E402
 from tests.s3servers import SeaweedFS  # noqa: E402
-from tests.stack import TOKEN, USER, free_port, registry_settings  # noqa: E402
+from tests.stack import TOKEN, USER, registry_settings  # noqa: E402
 
 MIB = 1024 * 1024
 

@@ -30,11 +30,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.processes import LOOPBACK
+
 __all__ = [
     "NginxProcess",
     "NginxStartError",
     "TLSFiles",
-    "free_port",
     "make_self_signed_certificate",
     "render_and_start_nginx",
     "render_templates",
@@ -43,7 +44,6 @@ __all__ = [
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "deploy" / "nginx" / "templates"
 RENDER_SCRIPT = REPO / "deploy" / "nginx" / "render.sh"
-LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 30.0
@@ -101,14 +101,6 @@ class NginxProcess:
             pass
         if self.process.poll() is None:
             self.process.wait(timeout=STOP_TIMEOUT_S)
-
-
-def free_port() -> int:
-    """A port the kernel just considered free on loopback (closed again, so a small race remains)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def make_self_signed_certificate(directory: Path, *, names: Sequence[str] = ("localhost",)) -> TLSFiles:

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.gateway_fixtures import TOKEN_SECRET
-from tests.stack import free_port
+from tests.processes import free_port
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0

@@ -3,7 +3,6 @@ each on a real loopback port, so the real Go client and plain HTTP clients can t
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from aiohttp.test_utils import BaseTestServer
 from gateway.app import Gateway
 from gateway.config import Config
 from tests.gateway_fixtures import gateway_config
+from tests.processes import free_port
 from tests.registry import REQUEST_LOG, STATE, Flavour, RegistrySettings, make_registry_app
 from tests.s3servers import S3Server
 
@@ -25,12 +25,6 @@ OTHER_USER = "bob"
 MIB = 1024 * 1024
 
 ServerFactory = Callable[..., Awaitable[BaseTestServer]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.stack import free_port
+from tests.processes import free_port
 
 DEMO = Path(__file__).resolve().parent.parent / "scripts" / "demo.py"
 

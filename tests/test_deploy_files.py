@@ -26,7 +26,8 @@ import yaml
 
 from gateway import __version__
 from gateway.config import Config, load_config
-from tests.nginx_harness import LOOPBACK, TEMPLATES, free_port
+from tests.nginx_harness import TEMPLATES
+from tests.processes import LOOPBACK, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose.yaml"

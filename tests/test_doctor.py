@@ -19,9 +19,10 @@ from yarl import URL
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.doctor import Status, run_doctor
+from tests.processes import free_port
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
-from tests.stack import free_port, stack_config, start_registry
+from tests.stack import stack_config, start_registry
 
 CLI_TIMEOUT_S = 120
 

@@ -16,8 +16,9 @@ from aiohttp.test_utils import BaseTestServer
 
 from gateway.app import Gateway
 from tests.gateway_fixtures import gateway_config
+from tests.processes import free_port
 from tests.registry import REQUEST_LOG, STATE, RegistrySettings, make_registry_app
-from tests.stack import TOKEN, USER, free_port
+from tests.stack import TOKEN, USER
 
 ServerFactory = Callable[..., Awaitable[BaseTestServer]]
 

@@ -57,9 +57,10 @@ from gateway.uploads import (
 )
 from tests.gateway_fixtures import TOKEN_SECRET, make_test_server
 from tests.libclient import LibraryClient
+from tests.processes import free_port
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
-from tests.stack import MIB, OTHER_TOKEN, OTHER_USER, TOKEN, Stack, free_port, start_stack, unique_ref
+from tests.stack import MIB, OTHER_TOKEN, OTHER_USER, TOKEN, Stack, start_stack, unique_ref
 
 T = TypeVar("T")
 

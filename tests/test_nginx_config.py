@@ -22,7 +22,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from tests.nginx_harness import LOOPBACK, NginxProcess, free_port, render_and_start_nginx
+from tests.nginx_harness import NginxProcess, render_and_start_nginx
+from tests.processes import LOOPBACK, free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -29,7 +29,8 @@ from yarl import URL
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.doctor import Status, run_doctor
-from tests.nginx_harness import LOOPBACK, NginxProcess, free_port, render_and_start_nginx
+from tests.nginx_harness import NginxProcess, render_and_start_nginx
+from tests.processes import LOOPBACK, free_port
 from tests.realclient import RealClient
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server

@@ -12,8 +12,9 @@ from gateway.app import Gateway
 from gateway.routes import route_class
 from tests.gateway_fixtures import GatewayTestServer, gateway_config
 from tests.libclient import LibraryClient
+from tests.processes import free_port
 from tests.s3servers import S3Server
-from tests.stack import free_port, stack_config, start_registry, start_stack
+from tests.stack import stack_config, start_registry, start_stack
 
 
 async def test_readyz_answers_ready_when_registry_and_s3_answer(aiohttp_server: Any, seaweedfs: S3Server) -> None:

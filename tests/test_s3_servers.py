@@ -24,8 +24,9 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from gateway.sigv4 import Credentials, Endpoint, Signer, sha256_hex
+from tests.processes import LOOPBACK
 from tests.s3_fixtures import BUCKET
-from tests.s3servers import LOOPBACK, S3Server
+from tests.s3servers import S3Server
 
 MiB = 1024 * 1024
 EXPIRES_S = 900

@@ -29,9 +29,10 @@ import pytest
 
 from gateway.s3 import S3Client, S3ConnectionError, S3Settings
 from tests.libclient import LibraryClient
+from tests.processes import free_port
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
-from tests.stack import MIB, Stack, free_port, start_stack, unique_ref
+from tests.stack import MIB, Stack, start_stack, unique_ref
 
 COMMAND_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 15.0

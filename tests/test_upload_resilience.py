@@ -15,9 +15,10 @@ from aiohttp import web
 from gateway.app import Gateway
 from tests.gateway_fixtures import GatewayTestServer, gateway_env
 from tests.libclient import LibraryClient
+from tests.processes import free_port
 from tests.proxy_harness import wait_healthy
 from tests.s3servers import RadosGW, S3Server
-from tests.stack import MIB, free_port, stack_config, start_registry, unique_ref
+from tests.stack import MIB, stack_config, start_registry, unique_ref
 
 FILE = os.urandom(40 * MIB + 777)  # two parts of 32 MiB, the last one short
 FILE_SHA = hashlib.sha256(FILE).hexdigest()
