@@ -16,7 +16,7 @@ from gateway.config import Config, load_config
 TOKEN_SECRET = "test-token-secret-0123456789"
 
 
-def gateway_config(
+def gateway_variables(
     *,
     upstream_url: str,
     s3_endpoint: str = "http://127.0.0.1:9",
@@ -24,10 +24,9 @@ def gateway_config(
     access_key: str = "AKIDEXAMPLE",
     secret_key: str = "secret-secret",
     public_url: str = "http://127.0.0.1:8080",
-    **sections: dict[str, Any],
-) -> Config:
-    """A validated Config; ``sections`` override fields per section, e.g. ``uploads={"multipart": False}``."""
-    env = {
+) -> dict[str, str]:
+    """The GATEWAY_* variables of a minimal valid config: what tests start from, in a process or in this one."""
+    return {
         "GATEWAY_UPSTREAM_URL": upstream_url,
         "GATEWAY_SERVER_PUBLIC_URL": public_url,
         "GATEWAY_S3_INTERNAL_ENDPOINT": s3_endpoint,
@@ -36,6 +35,14 @@ def gateway_config(
         "GATEWAY_S3_SECRET_KEY": secret_key,
         "GATEWAY_UPLOADS_TOKEN_SECRET": TOKEN_SECRET,
     }
+
+
+def gateway_config(*, upstream_url: str, **options: Any) -> Config:
+    """A validated Config: ``options`` are gateway_variables' keywords, or sections whose fields they override,
+    e.g. ``uploads={"multipart": False}``."""
+    sections = {name: value for name, value in options.items() if isinstance(value, dict)}
+    variables = {name: value for name, value in options.items() if not isinstance(value, dict)}
+    env = gateway_variables(upstream_url=upstream_url, **variables)
     config = load_config(None, env)
     for name, values in sections.items():
         config = replace(config, **{name: replace(getattr(config, name), **values)})

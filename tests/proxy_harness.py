@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.gateway_fixtures import TOKEN_SECRET
+from tests.gateway_fixtures import gateway_variables
 from tests.processes import free_port
 
 READY_TIMEOUT_S = 30.0
@@ -91,17 +91,11 @@ class GatewayProcess:
 def gateway_environment(upstream_url: str, port: int, **settings: str) -> dict[str, str]:
     """``settings`` are GATEWAY_* variables without the prefix, e.g. SERVER_WORKERS="2"."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
+    env |= gateway_variables(upstream_url=upstream_url, public_url=f"http://127.0.0.1:{port}")
     env |= {
         "PYTHONPATH": str(ROOT),
         "GATEWAY_SERVER_LISTEN": f"127.0.0.1:{port}",
-        "GATEWAY_SERVER_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "GATEWAY_SERVER_LOG_LEVEL": "warning",
-        "GATEWAY_UPSTREAM_URL": upstream_url,
-        "GATEWAY_S3_INTERNAL_ENDPOINT": "http://127.0.0.1:9",
-        "GATEWAY_S3_EXTERNAL_ENDPOINT": "http://127.0.0.1:9",
-        "GATEWAY_S3_ACCESS_KEY": "AKIDEXAMPLE",
-        "GATEWAY_S3_SECRET_KEY": "secret-secret",
-        "GATEWAY_UPLOADS_TOKEN_SECRET": TOKEN_SECRET,
     }
     env |= {f"GATEWAY_{key}": value for key, value in settings.items()}
     return env
