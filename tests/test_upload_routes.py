@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -524,3 +525,60 @@ async def test_a_relay_of_an_assembled_image_of_the_wrong_size_is_400_at_once(
     with pytest.raises(InvalidRequest, match=f"the assembled image is {len(data)} bytes, the registry expects"):
         await service._complete_relayed(grant, parts, headers=CIMultiDict(Authorization=f"BEARER {TOKEN}"))
     assert not [r for r in stack.requests_seen_by_registry if r.method == "PUT" and r.body_length]
+
+
+UNKNOWN_S3_SERVER = "minio.invalid:9000"  # MINIO_EXTERNAL_SERVER naming a host the gateway does not know
+
+
+def mode_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [r.__dict__ for r in caplog.records if getattr(r, "event", None) == "upload-mode"]
+
+
+async def mode_metric(session: aiohttp.ClientSession, gateway_url: str) -> list[str]:
+    async with session.get(gateway_url + "/_gateway/metrics") as response:
+        return [line for line in (await response.text()).splitlines() if line.startswith("gateway_upload_mode{")]
+
+
+async def test_the_first_upload_says_which_mode_it_chose_and_why_in_a_log_line_and_a_metric(
+    aiohttp_server: Any, radosgw: S3Server, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 12: with the registry signing for a host the gateway does not know, auto mode relayed silently.
+    stack = await start_stack(aiohttp_server, radosgw, registry_settings={"s3_external_server": UNKNOWN_S3_SERVER})
+    client = LibraryClient(session, stack.gateway_url)
+    caplog.set_level("INFO", logger="gateway.uploads")
+    for _ in range(2):  # said once, at the first upload; counted at every one
+        image_id, _ = await new_image(client)
+        start = await client.start(image_id, len(FILE))
+        assert start.status == 200, start.body
+        assert (await client.abort(image_id, start.data["uploadID"])).status == 200
+    (told,) = mode_lines(caplog)
+    assert (told["upload"], told["mode"], told["reason"]) == ("multipart", "relay", "registry_signs_for_unknown_host")
+    assert told["levelname"] == "WARNING" and told["upload_url_host"] == UNKNOWN_S3_SERVER
+    assert "s3.aliases" in told["message"] and "MINIO_EXTERNAL_SERVER" in told["message"]
+    assert await mode_metric(session, stack.gateway_url) == [
+        'gateway_upload_mode{mode="relay",reason="registry_signs_for_unknown_host",upload="multipart"} 1'
+    ]
+    # A single-PUT push gets the registry's URL unchanged: said too, under its own kind.
+    image_id, _ = await new_image(client)
+    legacy = await client.call("POST", f"/v2/imagefile/{image_id}", {"filesize": 10})
+    assert legacy.status == 200 and urlsplit(legacy.data["uploadURL"]).netloc == UNKNOWN_S3_SERVER
+    assert [(t["upload"], t["mode"], t["reason"]) for t in mode_lines(caplog)][1:] == [
+        ("legacy", "unchanged", "registry_signs_for_unknown_host")
+    ]
+    assert len(await mode_metric(session, stack.gateway_url)) == 2
+
+
+async def test_an_upload_on_our_own_s3_says_it_adopts_at_info(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    caplog.set_level("INFO", logger="gateway.uploads")
+    image_id, _ = await new_image(client)
+    start = await client.start(image_id, len(FILE))
+    assert (await client.abort(image_id, start.data["uploadID"])).status == 200
+    (told,) = mode_lines(caplog)
+    assert (told["mode"], told["reason"], told["levelname"]) == ("adopt", "registry_signs_for_our_s3", "INFO")
+    assert await mode_metric(session, stack.gateway_url) == [
+        'gateway_upload_mode{mode="adopt",reason="registry_signs_for_our_s3",upload="multipart"} 1'
+    ]
