@@ -98,7 +98,9 @@ class Metrics:
         self.requests = Counter("gateway_requests_total", "Requests answered, by route class and status.")
         self.latency = Histogram("gateway_request_duration_seconds", "Time to the response, by route class.")
         self.presigns = Counter("gateway_presigned_urls_total", "Presigned URLs handed out, by kind.")
-        self.uploads = Counter("gateway_uploads_total", "Multipart uploads by event (started, completed, aborted).")
+        self.uploads = Counter(
+            "gateway_uploads_total", "Multipart uploads by event (started, completed, aborted, relay_failed)."
+        )
         self.upload_mode = Gauge(
             "gateway_upload_mode",
             "1 for the mode the latest upload start chose, per upload kind (multipart: adopt, relay, refused; "

@@ -9,14 +9,22 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
 from .config import Config
-from .errors import Conflict, GatewayError, InvalidRequest, PayloadTooLarge, StorageUnavailable, UpstreamUnavailable
+from .errors import (
+    Conflict,
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RelayFailed,
+    StorageUnavailable,
+    UpstreamUnavailable,
+)
 from .journal import JournalEntry, completion_marker_key, journal_key
 from .logs import note_upload
 from .metrics import Metrics
@@ -329,8 +337,47 @@ class UploadService:
                 await self.registry.put_stream(upload_url, stream.iter_chunks(), length=grant.filesize)
         except S3Error as exc:
             raise StorageUnavailable(f"storage failed while relaying: {exc}; retry") from exc
+        except RelayFailed as exc:
+            raise await self._relay_failed(grant, upload_url, exc) from exc
         await self._s3_call(self.s3.put_object(grant.bucket, marker, b"relayed\n"))
         await self._s3_call(self.s3.delete_object(grant.bucket, grant.key))
+
+    async def _relay_failed(self, grant: UploadGrant, upload_url: str, exc: RelayFailed) -> RelayFailed:
+        """What the client hears about a failed relay. A failure that retrying cannot cure removes the staged
+        image and its journal entry at once, instead of leaving both to the sweeper for a day; any other keeps
+        them, so a retried complete relays again (until the upload expires, then the sweeper removes them)."""
+        self.metrics.uploads.inc(event="relay_failed", mode=grant.mode)
+        log.warning(
+            "relay failed: %s",
+            exc.message,
+            extra={"event": "relay-failed", "image_id": grant.image_id, "retryable": exc.retryable},
+        )
+        if exc.retryable:
+            until = datetime.fromtimestamp(grant.expires_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return RelayFailed(
+                f"{exc.message}. This may pass: the assembled image is kept and retrying the completion relays it "
+                f"again, until the upload expires at {until}; the sweeper removes it after that",
+                retryable=True,
+                status=exc.status,
+            )
+        try:
+            await self.s3.delete_object(grant.bucket, grant.key)
+        except S3Error as cleanup:
+            log.warning("staged relay object not removed: %s", cleanup, extra={"event": "relay-leftover"})
+        await self._journal_end(grant)
+        hint = (
+            " (the registry signs for a host that is none of the gateway's S3 origins: if it is the same S3 under "
+            "another name, add it to s3.aliases; else make the registry name S3 as clients and the gateway reach "
+            "it, sregistry: MINIO_EXTERNAL_SERVER)"
+            if self.destination_of(upload_url) is Destination.UNKNOWN_HOST
+            else ""
+        )
+        return RelayFailed(
+            f"{exc.message}. Retrying cannot help, so the staged image was removed: push again once the "
+            f"registry's upload URL accepts the image from the gateway{hint}",
+            retryable=False,
+            status=exc.status,
+        )
 
     def _completion_marker(self, grant: UploadGrant) -> str:
         return completion_marker_key(
