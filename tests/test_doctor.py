@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,10 +19,9 @@ from yarl import URL
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.doctor import Status, run_doctor
-from tests.registry import STATE
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
-from tests.stack import USER, free_port, stack_config, start_registry
+from tests.stack import add_public_image, free_port, stack_config, start_registry
 
 UNKNOWN_S3_SERVER = "minio.invalid:9000"  # MINIO_EXTERNAL_SERVER naming a host that never resolves (RFC 6761)
 
@@ -64,15 +62,6 @@ async def configured(
     if public_image:
         add_public_image(app)
     return stack_config(server, registry_url=registry_url, gateway_port=free_port(), **sections)
-
-
-def add_public_image(registry: web.Application) -> None:
-    """A pushed image in a public collection, as on any registry in use: its pull redirect shows the S3 origin."""
-    state = registry[STATE]
-    owner = state.user_named(USER)
-    assert owner is not None
-    collection = state.create_collection(f"public{uuid.uuid4().hex[:8]}", owner, private=False)
-    state.create_image(collection, "image", f"sha256.{'ab' * 32}")
 
 
 async def start_gateway(aiohttp_server: Any, config: Config) -> None:
