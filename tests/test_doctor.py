@@ -304,3 +304,15 @@ async def test_doctor_says_what_it_could_not_check_when_no_image_is_public(
     assert signs_for.startswith("⚠ ") and "not checked: the registry lists no public image" in signs_for
     assert "MINIO_EXTERNAL_SERVER" in signs_for and "relays" in signs_for and "gateway_upload_mode" in signs_for
     assert lines[-1] == "doctor: no check failed, 1 warning: read it"
+
+
+async def test_doctor_warns_about_a_registry_that_signs_for_another_host_the_gateway_reaches(
+    aiohttp_server: Any, radosgw: S3Server
+) -> None:
+    other = await aiohttp_server(web.Application())  # answers (404): reachable, but not one of our S3 origins
+    config = await configured(aiohttp_server, radosgw, registry={"s3_external_server": f"127.0.0.1:{other.port}"})
+    code, lines = await doctor(config)
+    assert code == 0, "\n".join(lines)
+    signs_for = line_about(lines, "signs for")
+    assert signs_for.startswith("⚠") and f"http://127.0.0.1:{other.port}" in signs_for
+    assert "relays every multipart push there" in signs_for and "s3.aliases" in signs_for
