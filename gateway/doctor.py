@@ -5,6 +5,11 @@ cause in plain words), ``–`` not checked because an earlier check failed. The 
 failed, else 0 (warnings do not fail). The checks, in order:
 
 1. the upstream answers ``GET /version`` with the library API's document (``data.apiVersion``);
+1b. the registry signs for an S3 origin the gateway knows: read from the pull redirect of a public image
+   (``GET /api/containers/`` then ``GET v1/imagefile/…``, both read-only, so no row is left behind), since
+   sregistry signs uploads and downloads for the same ``MINIO_EXTERNAL_SERVER``. An unknown origin that does not
+   answer fails (every relayed push would fail), one that answers warns; no public image warns, naming what
+   was not checked;
 2. the internal S3 endpoint accepts the credentials (ListObjectsV2 on the bucket);
 3. the bucket is writable: a small object under the staging prefix is written, read back and deleted;
 4. the clocks agree: S3's ``Date`` against this machine's clock (> 1 min warns, > 5 min fails);
@@ -36,6 +41,7 @@ from multidict import CIMultiDictProxy
 from .config import Config
 from .s3 import MALFORMED_ANSWER, S3Client, S3ConnectionError, S3Error, S3ResponseError, S3Settings, error_fields
 from .sigv4 import Credentials, Endpoint, Signer, sha256_hex
+from .upload_mode import Destination, choose_mode, destination_of, origin_of
 
 __all__ = ["CLOCK_FAIL_S", "CLOCK_WARN_S", "Finding", "Status", "run_doctor"]
 
@@ -118,11 +124,16 @@ async def run_doctor(
         await doctor.run()
     failed = sum(finding.status is Status.FAIL for finding in doctor.findings)
     warned = sum(finding.status is Status.WARN for finding in doctor.findings)
-    warnings = f", {warned} warning{'s' * (warned != 1)}" if warned else ""
+    warnings = f"{warned} warning{'s' * (warned != 1)}"
     if failed:
-        out(f"doctor: {failed} check{'s' * (failed != 1)} failed{warnings}")
+        out(f"doctor: {failed} check{'s' * (failed != 1)} failed" + (f", {warnings}" if warned else ""))
         return 1
-    out(f"doctor: all checks passed{warnings}")
+    # A warning may be a check that could not be made: never call that "passed".
+    out(
+        f"doctor: no check failed, {warnings}: read {'them' if warned != 1 else 'it'}"
+        if warned
+        else "doctor: all checks passed"
+    )
     return 0
 
 
@@ -152,7 +163,10 @@ class _Doctor:
         self.out(finding.line())
 
     async def run(self) -> None:
-        await self.check_upstream()
+        if await self.check_upstream():
+            await self.check_registry_s3_origin()
+        else:
+            self.report(Status.SKIP, _SIGNS_FOR, "not checked, needs the upstream")
         bucket = await self.check_s3_credentials()
         writable, server_date = await self.check_bucket(bucket)
         self.check_clock(server_date)
@@ -166,22 +180,25 @@ class _Doctor:
 
     # -- 1. upstream ---------------------------------------------------------------------------------------
 
-    async def check_upstream(self) -> None:
-        upstream = yarl.URL(self.config.upstream.url).origin()
-        what = f"upstream {upstream} speaks the library API"
-        timeout = aiohttp.ClientTimeout(
+    @property
+    def upstream_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
             total=min(self.config.upstream.read_timeout_seconds, REQUEST_TIMEOUT_S),
             sock_connect=self.config.upstream.connect_timeout_seconds,
         )
+
+    async def check_upstream(self) -> bool:
+        upstream = yarl.URL(self.config.upstream.url).origin()
+        what = f"upstream {upstream} speaks the library API"
         try:
-            answer = await self.fetch("GET", upstream.with_path("/version"), timeout=timeout)
+            answer = await self.fetch("GET", upstream.with_path("/version"), timeout=self.upstream_timeout)
         except (aiohttp.ClientError, TimeoutError) as exc:
             cause = connection_cause(exc, tls_hint="the gateway uses the system's trust store for the upstream")
             self.report(Status.FAIL, what, f"{cause}; check upstream.url")
-            return
+            return False
         if answer.status != 200:
             self.report(Status.FAIL, what, _upstream_status_cause(answer.status))
-            return
+            return False
         api_version = _api_version(answer.body)
         if api_version is None:
             self.report(
@@ -190,8 +207,108 @@ class _Doctor:
                 "GET /version answered 200 but not with the library API's document (no data.apiVersion): "
                 "upstream.url must be the registry's own root (Singularity Registry Server), not a web page",
             )
-            return
+            return False
         self.report(Status.PASS, what, f"apiVersion {api_version}")
+        return True
+
+    # -- 1b. the S3 origin the registry signs for --------------------------------------------------------
+
+    async def check_registry_s3_origin(self) -> None:
+        """Learn the origin from a public image's pull redirect: read-only, unlike an upload start, which on
+        sregistry needs a token and creates an image row (``GET v1/images/…:sha256.…``) that only a forwarded
+        abort would delete."""
+        upstream = yarl.URL(self.config.upstream.url).origin()
+        try:
+            location = await self.public_pull_redirect(upstream)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            cause = connection_cause(exc, tls_hint="the gateway uses the system's trust store for the upstream")
+            self.report(Status.WARN, _SIGNS_FOR, f"not checked: {cause}. {_NOT_CHECKED}")
+            return
+        if isinstance(location, _NoRedirect):
+            self.report(Status.WARN, _SIGNS_FOR, f"not checked: {location.why}. {_NOT_CHECKED}")
+            return
+        origin = origin_of(location)
+        config = self.config
+        public = origin_of(config.server.public_url)
+        destination = destination_of(
+            location, s3_origins=config.s3_origins(), registry_origins={origin_of(config.upstream.url), public}
+        )
+        choice = choose_mode(config.uploads.mode, destination)
+        shown = origin.origin if origin is not None else repr(location)
+        if destination is Destination.OUR_S3:
+            self.report(
+                Status.PASS,
+                _SIGNS_FOR,
+                f"it signs for {shown}, one of the gateway's S3 origins: {_UPLOADS_GO[choice.mode or 'adopt']}, "
+                f"pull redirects are re-signed for {config.external_endpoint.origin}",
+            )
+            return
+        if destination is Destination.REGISTRY:
+            status = Status.FAIL if choice.mode is None else Status.PASS
+            outcome = (
+                "uploads.mode adopt refuses every multipart push: use auto or relay"
+                if choice.mode is None
+                else "multipart uploads are relayed to it"
+            )
+            self.report(status, _SIGNS_FOR, f"the registry serves images itself ({shown}): {outcome}")
+            return
+        await self.report_unknown_origin(shown, choice.mode)
+
+    async def public_pull_redirect(self, upstream: yarl.URL) -> str | _NoRedirect:
+        """The ``Location`` of a pull of the first public image, or why there is none."""
+        listing = await self.fetch(
+            "GET", upstream.with_path("/api/containers/").with_query(limit="1"), timeout=self.upstream_timeout
+        )
+        image = _first_public_image(listing.body) if listing.status == 200 else None
+        if image is None:
+            why = (
+                "the registry lists no public image (GET /api/containers/ "
+                + ("is empty" if listing.status == 200 else f"answered {listing.status}")
+                + ")"
+            )
+            return _NoRedirect(why)
+        reference = yarl.URL.build(path=f"/v1/imagefile/{image}", encoded=False).raw_path
+        pulled = await self.fetch(
+            "GET", upstream.with_path(reference, encoded=True).with_query(arch="amd64"), timeout=self.upstream_timeout
+        )
+        location = pulled.headers.get("Location", "")
+        if pulled.status not in (301, 302, 303, 307, 308) or not location:
+            return _NoRedirect(f"a pull of the public image {image} answered {pulled.status}, not a redirect")
+        return location
+
+    async def report_unknown_origin(self, shown: str, mode: str | None) -> None:
+        config = self.config
+        ours = ", ".join(sorted({e.origin for e in config.s3_origins()}))
+        said = (
+            f"it signs upload URLs and pull redirects for {shown} (sregistry: MINIO_EXTERNAL_SERVER), which is not "
+            f"one of the gateway's S3 origins ({ours}; s3.internal_endpoint, s3.external_endpoint, s3.aliases)"
+        )
+        fix = (
+            f"If {shown} is the same S3 under another name, add it to s3.aliases (uploads then go straight to the "
+            "bucket and pull redirects are re-signed); otherwise make MINIO_EXTERNAL_SERVER name S3 as clients "
+            "reach it"
+        )
+        if mode is None:
+            self.report(Status.FAIL, _SIGNS_FOR, f"{said}: uploads.mode adopt refuses every multipart push. {fix}")
+            return
+        reach = f"{shown}/"
+        try:
+            await self.fetch("GET", yarl.URL(reach, encoded=True))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            cause = connection_cause(exc, tls_hint=_EXTERNAL_TLS_HINT)
+            self.report(
+                Status.FAIL,
+                _SIGNS_FOR,
+                f"{said}, and {cause}: every multipart push is relayed there by the gateway and fails "
+                f"(502), single-PUT pushes and pulls hand clients URLs for {shown} unchanged. {fix}",
+            )
+            return
+        self.report(
+            Status.WARN,
+            _SIGNS_FOR,
+            f"{said}: the gateway relays every multipart push there (a second copy of each image through the "
+            f"gateway) and hands clients URLs for {shown} unchanged on single-PUT pushes and pulls. {fix}",
+        )
 
     # -- 2. internal endpoint and credentials --------------------------------------------------------------
 
@@ -461,6 +578,27 @@ class _Doctor:
 # ---------------------------------------------------------------------------------------------------------
 # Causes in plain words
 
+_SIGNS_FOR = "the registry signs for an S3 origin the gateway knows"
+_NOT_CHECKED = (
+    "Which S3 origin the registry signs upload URLs for (sregistry: MINIO_EXTERNAL_SERVER) is read from a public "
+    "image's pull redirect. uploads.mode auto adopts only URLs on s3.internal_endpoint, s3.external_endpoint or "
+    "s3.aliases and relays every other upload to the registry's URL, which fails if the gateway cannot reach that "
+    "host. Push an image to a public collection and run doctor again, or read the gateway's upload-mode log line "
+    "(gateway_upload_mode metric) at the first push"
+)
+
+
+_UPLOADS_GO = {
+    "adopt": "multipart uploads go straight into the registry's bucket",
+    "relay": "multipart uploads are relayed (uploads.mode relay)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _NoRedirect:
+    why: str
+
+
 _EXTERNAL_TLS_HINT = (
     "clients verify this certificate with their own trust store: serve a chain they trust (a private CA must be "
     "installed on every client; s3.ca_bundle covers only the internal endpoint)"
@@ -612,6 +750,23 @@ def _api_version(body: bytes) -> str | None:
     data = document.get("data") if isinstance(document, dict) else None
     version = data.get("apiVersion") if isinstance(data, dict) else None
     return version if isinstance(version, str) and version else None
+
+
+def _first_public_image(body: bytes) -> str | None:
+    """``collection/name:version`` of the first entry of sregistry's paginated public container list."""
+    try:
+        document: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    results = document.get("results") if isinstance(document, dict) else None
+    first = results[0] if isinstance(results, list) and results else None
+    if not isinstance(first, dict):
+        return None
+    collection, name = first.get("collection"), first.get("name")
+    version = first.get("version") or first.get("tag")
+    if not all(isinstance(part, str) and part for part in (collection, name, version)):
+        return None
+    return f"{collection}/{name}:{version}"
 
 
 def _is_healthy(body: bytes) -> bool:

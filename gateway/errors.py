@@ -14,6 +14,7 @@ Handlers raise; one place (Gateway.error_answer in gateway.app) renders every Ga
     │   ├── PayloadTooLarge          413
     │   └── UpstreamRefused          4xx  the registry said no; its status is passed on
     ├── UpstreamUnavailable          502
+    │   └── RelayFailed              502/504  the relay PUT of an assembled image failed; says if a retry can work
     ├── StorageUnavailable           503  S3 down or erroring; a retry may succeed
     ├── NotReady                     503  readiness probe: the registry or S3 is not reachable
     └── UpstreamTimeout              504
@@ -31,6 +32,7 @@ __all__ = [
     "NotFound",
     "NotReady",
     "PayloadTooLarge",
+    "RelayFailed",
     "StorageUnavailable",
     "Unauthorized",
     "UpstreamRefused",
@@ -87,6 +89,16 @@ class UpstreamRefused(InvalidRequest):
 
 class UpstreamUnavailable(GatewayError):
     status = 502
+
+
+class RelayFailed(UpstreamUnavailable):
+    """Streaming an assembled image to the registry's upload URL failed. ``retryable``: the host may take it later
+    (5xx, timeout, connection cut); not: it never will as configured (name does not resolve, connection refused,
+    TLS refused, 4xx)."""
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retryable = retryable
 
 
 class StorageUnavailable(GatewayError):

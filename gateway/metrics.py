@@ -9,7 +9,7 @@ import bisect
 from collections import defaultdict
 from collections.abc import Sequence
 
-__all__ = ["Counter", "Histogram", "Metrics"]
+__all__ = ["Counter", "Gauge", "Histogram", "Metrics"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -38,6 +38,25 @@ class Counter:
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        lines += [f"{self.name}{_labels(k)} {v:g}" for k, v in sorted(self.values.items())]
+        return lines
+
+
+class Gauge:
+    """A value per label set; ``choose`` keeps one series per group, for "which one now" metrics."""
+
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name = name
+        self.help = help_text
+        self.values: dict[Labels, float] = {}
+
+    def choose(self, group: str, **labels: str) -> None:
+        """Set this label set to 1 and drop the others with the same value of label ``group``."""
+        self.values = {key: value for key, value in self.values.items() if (group, labels[group]) not in key}
+        self.values[tuple(sorted(labels.items()))] = 1.0
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
         lines += [f"{self.name}{_labels(k)} {v:g}" for k, v in sorted(self.values.items())]
         return lines
 
@@ -79,7 +98,14 @@ class Metrics:
         self.requests = Counter("gateway_requests_total", "Requests answered, by route class and status.")
         self.latency = Histogram("gateway_request_duration_seconds", "Time to the response, by route class.")
         self.presigns = Counter("gateway_presigned_urls_total", "Presigned URLs handed out, by kind.")
-        self.uploads = Counter("gateway_uploads_total", "Multipart uploads by event (started, completed, aborted).")
+        self.uploads = Counter(
+            "gateway_uploads_total", "Multipart uploads by event (started, completed, aborted, relay_failed)."
+        )
+        self.upload_mode = Gauge(
+            "gateway_upload_mode",
+            "1 for the mode the latest upload start chose, per upload kind (multipart: adopt, relay, refused; "
+            "legacy: presign, via_gateway, unchanged), with why.",
+        )
         self.proxied_bytes = Counter("gateway_proxied_bytes_total", "Body bytes forwarded, by direction.")
         self.upstream_errors = Counter("gateway_upstream_errors_total", "Registry unreachable, timed out or 5xx.")
         self.s3_errors = Counter("gateway_s3_errors_total", "S3 calls that failed, by kind.")
@@ -95,6 +121,7 @@ class Metrics:
             self.latency,
             self.presigns,
             self.uploads,
+            self.upload_mode,
             self.proxied_bytes,
             self.upstream_errors,
             self.s3_errors,

@@ -12,7 +12,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .errors import UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
+from .errors import RelayFailed, UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
 from .logs import REQUEST_ID
 from .proxy import SKIP_AUTO_HEADERS
 
@@ -85,17 +85,41 @@ class Registry:
     async def put_stream(self, url: str, body: AsyncIterable[bytes], *, length: int) -> None:
         """Relay: stream an image to the registry's own upload URL with Content-Length (uWSGI refuses chunked)."""
         headers = {"Content-Length": str(length), "Content-Type": "application/octet-stream"}
+        target = URL(url, encoded=True)
+        host = target.raw_authority
         try:
             async with self.session.put(
-                URL(url, encoded=True), data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+                target, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as response:
                 answer = UpstreamAnswer(response.status, await response.read(), None)
         except TimeoutError as exc:
-            raise UpstreamTimeout("registry did not accept the image in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"relaying the image to the registry failed: {exc.__class__.__name__}") from exc
+            raise RelayFailed(f"relaying the image to {host} timed out", retryable=True, status=504) from exc
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise RelayFailed(
+                f"relaying the image to {host} failed: DNS error, the name does not resolve from the gateway",
+                retryable=False,
+            ) from exc
+        except aiohttp.ClientSSLError as exc:
+            raise RelayFailed(f"relaying the image to {host} failed: TLS error ({exc})", retryable=False) from exc
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            why = "connection refused" if refused else f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+            raise RelayFailed(f"relaying the image to {host} failed: {why}", retryable=not refused) from exc
+        except aiohttp.ClientError as exc:  # cut mid-transfer: the host is there, it may take the image next time
+            raise RelayFailed(f"relaying the image to {host} failed: {exc.__class__.__name__}", retryable=True) from exc
         if answer.status not in (200, 201, 204):
-            raise UpstreamUnavailable(f"registry refused the relayed image ({answer.status})")
+            raise RelayFailed(
+                f"{host} refused the relayed image ({answer.status}{_s3_code(answer.body)})",
+                retryable=answer.status >= 500,
+            )
+
+
+def _s3_code(body: bytes) -> str:
+    """``: <Code>`` of an S3 error document (a presigned upload URL answers with one), else nothing."""
+    start, end = body.find(b"<Code>"), body.find(b"</Code>")
+    if start < 0 or end <= start:
+        return ""
+    return ": " + body[start + 6 : end].decode("utf-8", "replace")[:64]
 
 
 def raise_for_refusal(answer: UpstreamAnswer) -> None:

@@ -9,15 +9,22 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
 from .config import Config
-from .errors import Conflict, GatewayError, InvalidRequest, PayloadTooLarge, StorageUnavailable, UpstreamUnavailable
+from .errors import (
+    Conflict,
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RelayFailed,
+    StorageUnavailable,
+    UpstreamUnavailable,
+)
 from .journal import JournalEntry, completion_marker_key, journal_key
 from .logs import note_upload
 from .metrics import Metrics
@@ -26,6 +33,16 @@ from .registry import Registry
 from .s3 import S3Client, S3ClientError, S3Error, S3UsageError
 from .sigv4 import Endpoint, Signer
 from .tokens import Mode, TokenSealer, UploadGrant
+from .upload_mode import (
+    SIGNS_FOR_UNKNOWN_HOST,
+    Destination,
+    S3Location,
+    choose_legacy,
+    choose_mode,
+    destination_of,
+    origin_of,
+    s3_location,
+)
 from .uploads import AbortRequest, CompleteRequest, LegacyStartRequest, PartRequest, StartRequest
 
 __all__ = ["S3Location", "UploadService", "origin_of"]
@@ -36,21 +53,6 @@ T = TypeVar("T")
 # S3 answers that mean the client sent something wrong at complete; they become 400, never 404.
 _CLIENT_MISTAKES = frozenset({"InvalidPart", "InvalidPartOrder", "EntityTooSmall", "MalformedXML", "InvalidArgument"})
 _GONE = frozenset({"NoSuchUpload", "NoSuchKey"})  # radosgw answers NoSuchKey for an aborted upload
-
-
-def origin_of(url: str) -> Endpoint | None:
-    """The scheme, host and port of ``url`` (default ports normalised), or None when it has none."""
-    try:
-        parts = urlsplit(url)
-        return Endpoint.parse(f"{parts.scheme}://{parts.netloc}")
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class S3Location:
-    bucket: str
-    key: str
 
 
 class UploadService:
@@ -77,19 +79,44 @@ class UploadService:
         self.s3_origins = config.s3_origins()
         self.upstream_origin = origin_of(config.upstream.url)
         self.public_url = config.server.public_url.rstrip("/")
-        self._warned_relay = False
+        # Upload URLs on these are the registry's own (it stores images itself), not an S3 host.
+        self.registry_origins = frozenset({self.upstream_origin, origin_of(self.public_url)})
+        self._modes_told: dict[str, tuple[str, str]] = {}  # upload kind -> (mode, reason) last logged
 
     # -- where an upstream URL points -------------------------------------------------------------------
 
     def s3_location(self, url: str) -> S3Location | None:
         """Bucket and key when ``url`` is a path-style URL on one of our S3 origins, else None."""
-        parts = urlsplit(url)
-        if origin_of(url) not in self.s3_origins:
-            return None
-        bucket, _, key = parts.path.lstrip("/").partition("/")
-        if not bucket or not key:
-            return None
-        return S3Location(unquote(bucket), unquote(key))
+        return s3_location(url, self.s3_origins)
+
+    def destination_of(self, upload_url: str) -> Destination:
+        return destination_of(upload_url, s3_origins=self.s3_origins, registry_origins=self.registry_origins)
+
+    def _tell_mode(self, upload: str, mode: str, reason: str, upload_url: str) -> None:
+        """Count each choice; log it at the first upload of its kind and whenever it changes, so the operator
+        learns which way uploads go, and why, without reading every start."""
+        self.metrics.upload_mode.choose("upload", upload=upload, mode=mode, reason=reason)
+        if self._modes_told.get(upload) == (mode, reason):
+            return
+        self._modes_told[upload] = (mode, reason)
+        host = urlsplit(upload_url).netloc
+        fix = (
+            " (the registry's upload URLs name a host that is none of the gateway's S3 origins: if it is the same "
+            "S3 under another name, add it to s3.aliases; else make the registry sign for S3 as clients reach it, "
+            "sregistry: MINIO_EXTERNAL_SERVER)"
+            if reason == SIGNS_FOR_UNKNOWN_HOST
+            else ""
+        )
+        log.log(
+            logging.WARNING if reason == SIGNS_FOR_UNKNOWN_HOST else logging.INFO,
+            "%s uploads: mode %s, reason %s, registry upload URL host %s%s",
+            upload,
+            mode,
+            reason,
+            host,
+            fix,
+            extra={"event": "upload-mode", "upload": upload, "mode": mode, "reason": reason, "upload_url_host": host},
+        )
 
     def points_at_upstream(self, url: str) -> bool:
         return origin_of(url) == self.upstream_origin
@@ -178,22 +205,16 @@ class UploadService:
             log.warning("journal entry not removed: %s", exc, extra={"event": "journal-leftover"})
 
     def _choose_target(self, image_id: str, upload_url: str) -> tuple[Mode, S3Location]:
-        mode = self.config.uploads.mode
-        target = self.s3_location(upload_url)
-        if mode == "adopt" and target is None:
+        choice = choose_mode(self.config.uploads.mode, self.destination_of(upload_url))
+        self._tell_mode("multipart", choice.mode or "refused", choice.reason, upload_url)
+        if choice.mode is None:
             raise UpstreamUnavailable(
                 "uploads.mode is adopt but the registry's upload URL is not on a configured S3 origin "
                 "(set s3.aliases to the host the registry signs for, or use mode auto)"
             )
-        if mode != "relay" and target is not None:
+        target = self.s3_location(upload_url)
+        if choice.mode == "adopt" and target is not None:
             return "adopt", target
-        if mode == "auto" and not self._warned_relay:
-            self._warned_relay = True
-            log.warning(
-                "registry upload URLs are not on any configured S3 origin: relaying uploads, which costs a copy "
-                "(set s3.aliases if the registry signs for another S3 host name)",
-                extra={"event": "relay-mode", "upload_url_host": urlsplit(upload_url).netloc},
-            )
         key = f"{self.config.uploads.staging_prefix}relay/{image_id}/{uuid.uuid4().hex}"
         return "relay", S3Location(self.config.s3.bucket, key)
 
@@ -309,8 +330,47 @@ class UploadService:
                 await self.registry.put_stream(upload_url, stream.iter_chunks(), length=grant.filesize)
         except S3Error as exc:
             raise StorageUnavailable(f"storage failed while relaying: {exc}; retry") from exc
+        except RelayFailed as exc:
+            raise await self._relay_failed(grant, upload_url, exc) from exc
         await self._s3_call(self.s3.put_object(grant.bucket, marker, b"relayed\n"))
         await self._s3_call(self.s3.delete_object(grant.bucket, grant.key))
+
+    async def _relay_failed(self, grant: UploadGrant, upload_url: str, exc: RelayFailed) -> RelayFailed:
+        """What the client hears about a failed relay. A failure that retrying cannot cure removes the staged
+        image and its journal entry at once, instead of leaving both to the sweeper for a day; any other keeps
+        them, so a retried complete relays again (until the upload expires, then the sweeper removes them)."""
+        self.metrics.uploads.inc(event="relay_failed", mode=grant.mode)
+        log.warning(
+            "relay failed: %s",
+            exc.message,
+            extra={"event": "relay-failed", "image_id": grant.image_id, "retryable": exc.retryable},
+        )
+        if exc.retryable:
+            until = datetime.fromtimestamp(grant.expires_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return RelayFailed(
+                f"{exc.message}. This may pass: the assembled image is kept and retrying the completion relays it "
+                f"again, until the upload expires at {until}; the sweeper removes it after that",
+                retryable=True,
+                status=exc.status,
+            )
+        try:
+            await self.s3.delete_object(grant.bucket, grant.key)
+        except S3Error as cleanup:
+            log.warning("staged relay object not removed: %s", cleanup, extra={"event": "relay-leftover"})
+        await self._journal_end(grant)
+        hint = (
+            " (the registry signs for a host that is none of the gateway's S3 origins: if it is the same S3 under "
+            "another name, add it to s3.aliases; else make the registry name S3 as clients and the gateway reach "
+            "it, sregistry: MINIO_EXTERNAL_SERVER)"
+            if self.destination_of(upload_url) is Destination.UNKNOWN_HOST
+            else ""
+        )
+        return RelayFailed(
+            f"{exc.message}. Retrying cannot help, so the staged image was removed: push again once the "
+            f"registry's upload URL accepts the image from the gateway{hint}",
+            retryable=False,
+            status=exc.status,
+        )
 
     def _completion_marker(self, grant: UploadGrant) -> str:
         return completion_marker_key(
@@ -360,6 +420,8 @@ class UploadService:
     # -- legacy single upload ----------------------------------------------------------------------------
 
     def rewrite_upload_url(self, request: LegacyStartRequest, upload_url: str) -> str:
+        choice = choose_legacy(self.destination_of(upload_url))
+        self._tell_mode("legacy", choice.mode, choice.reason, upload_url)
         target = self.s3_location(upload_url)
         if target is not None:
             if request.filesize > MAX_SINGLE_PUT:

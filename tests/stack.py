@@ -53,6 +53,16 @@ def unique_ref(prefix: str = "c") -> tuple[str, str, str]:
     return USER, f"{prefix}{suffix}", f"img{suffix}"
 
 
+def add_public_image(registry: web.Application) -> None:
+    """A pushed image in a public collection, as on any registry in use: its pull redirect shows which S3 origin
+    the registry signs for (what ``signing-gateway doctor`` reads)."""
+    state = registry[STATE]
+    owner = state.user_named(USER)
+    assert owner is not None
+    collection = state.create_collection(f"public{uuid.uuid4().hex[:8]}", owner, private=False)
+    state.create_image(collection, "image", f"sha256.{'ab' * 32}")
+
+
 def registry_settings(s3: S3Server, registry_url: str, /, **overrides: Any) -> RegistrySettings:
     """The sregistry fake beside ``s3``, answering at ``registry_url``; ``overrides`` win over the defaults."""
     defaults: dict[str, Any] = {

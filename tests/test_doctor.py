@@ -22,7 +22,9 @@ from gateway.doctor import Status, run_doctor
 from tests.processes import free_port
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
-from tests.stack import stack_config, start_registry
+from tests.stack import add_public_image, stack_config, start_registry
+
+UNKNOWN_S3_SERVER = "minio.invalid:9000"  # MINIO_EXTERNAL_SERVER naming a host that never resolves (RFC 6761)
 
 CLI_TIMEOUT_S = 120
 
@@ -46,9 +48,20 @@ def check_lines(lines: list[str]) -> list[str]:
     return [line for line in lines if line[:1] in {status.value for status in Status}]
 
 
-async def configured(aiohttp_server: Any, server: S3Server, /, **sections: dict[str, Any]) -> Config:
-    """A config for a live registry fake in front of ``server``, with ``sections`` overridden."""
-    _, registry_url = await start_registry(aiohttp_server, server)
+async def configured(
+    aiohttp_server: Any,
+    server: S3Server,
+    /,
+    *,
+    public_image: bool = True,
+    registry: dict[str, Any] | None = None,
+    **sections: dict[str, Any],
+) -> Config:
+    """A config for a live registry fake in front of ``server`` (holding one public image unless told otherwise,
+    with ``registry`` settings overridden), with ``sections`` overridden."""
+    app, registry_url = await start_registry(aiohttp_server, server, **(registry or {}))
+    if public_image:
+        add_public_image(app)
     return stack_config(server, registry_url=registry_url, gateway_port=free_port(), **sections)
 
 
@@ -99,9 +112,10 @@ async def test_doctor_passes_every_check_for_a_working_deployment(aiohttp_server
     code, lines = await doctor(config)
     assert code == 0, "\n".join(lines)
     checks = check_lines(lines)
-    assert len(checks) == 8
+    assert len(checks) == 9
     assert all(line.startswith("✓") for line in checks), "\n".join(lines)
     assert "apiVersion 2.0.0" in line_about(lines, "speaks the library API")
+    assert f"http://127.0.0.1:{radosgw.port}, one of the gateway's S3 origins" in line_about(lines, "signs for")
     assert "XAmzContentSHA256Mismatch" in line_about(lines, "refuses a body that does not match")
     assert lines[-1] == "doctor: all checks passed"
     assert leftover_probes(radosgw) == []
@@ -114,7 +128,7 @@ async def test_doctor_only_warns_when_the_gateway_is_not_running_yet(aiohttp_ser
     public = line_about(lines, "public_url")
     assert public.startswith("⚠")
     assert "connection refused" in public and "not running yet" in public
-    assert lines[-1] == "doctor: all checks passed, 1 warning"
+    assert lines[-1] == "doctor: no check failed, 1 warning: read it"
 
 
 async def test_doctor_blames_the_secret_key_when_s3_computes_another_signature(
@@ -215,7 +229,7 @@ async def test_doctor_warns_that_seaweedfs_does_not_verify_part_hashes(
     verify = line_about(lines, "refuses a body that does not match")
     assert verify.startswith("⚠") and "does not verify part hashes" in verify
     assert line_about(lines, "with a bound sha256 is accepted").startswith("✓")
-    assert lines[-1] == "doctor: all checks passed, 1 warning"
+    assert lines[-1] == "doctor: no check failed, 1 warning: read it"
     assert leftover_probes(seaweedfs) == []
 
 
@@ -240,8 +254,66 @@ def test_doctor_command_prints_one_line_per_check_and_exits_1_on_a_failure(rados
     )
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert len(check_lines(lines)) == 8
+    assert len(check_lines(lines)) == 9
     assert line_about(lines, "speaks the library API").startswith("✗")
+    assert line_about(lines, "signs for").startswith("–")
     assert line_about(lines, "present and writable").startswith("✓")
     assert lines[-1].startswith("doctor: 1 check failed")
     assert radosgw.secret_key not in done.stdout
+
+
+async def test_doctor_fails_a_registry_that_signs_for_a_host_the_gateway_does_not_know(
+    aiohttp_server: Any, radosgw: S3Server
+) -> None:
+    # Issue 12: with MINIO_EXTERNAL_SERVER naming a host the gateway does not know and no s3.aliases, auto mode
+    # relays every multipart push to that host, and each fails; doctor said "all checks passed".
+    config = await configured(aiohttp_server, radosgw, registry={"s3_external_server": UNKNOWN_S3_SERVER})
+    await start_gateway(aiohttp_server, config)
+    code, lines = await doctor(config)
+    assert code == 1, "\n".join(lines)
+    signs_for = line_about(lines, "signs for")
+    assert signs_for.startswith("✗"), signs_for
+    assert f"http://{UNKNOWN_S3_SERVER}" in signs_for and "MINIO_EXTERNAL_SERVER" in signs_for
+    assert "does not resolve" in signs_for and "relayed" in signs_for and "s3.aliases" in signs_for
+    assert lines[-1] == "doctor: 1 check failed"
+    assert not [line for line in lines if "all checks passed" in line]
+
+
+async def test_doctor_passes_a_registry_whose_s3_host_is_an_alias(aiohttp_server: Any, radosgw: S3Server) -> None:
+    config = await configured(
+        aiohttp_server,
+        radosgw,
+        registry={"s3_external_server": UNKNOWN_S3_SERVER},
+        s3={"aliases": [f"http://{UNKNOWN_S3_SERVER}"]},
+    )
+    code, lines = await doctor(config)
+    assert code == 0, "\n".join(lines)
+    signs_for = line_about(lines, "signs for")
+    assert signs_for.startswith("✓") and "straight into the registry's bucket" in signs_for
+
+
+async def test_doctor_says_what_it_could_not_check_when_no_image_is_public(
+    aiohttp_server: Any, radosgw: S3Server
+) -> None:
+    config = await configured(
+        aiohttp_server, radosgw, public_image=False, registry={"s3_external_server": UNKNOWN_S3_SERVER}
+    )
+    await start_gateway(aiohttp_server, config)
+    code, lines = await doctor(config)
+    assert code == 0, "\n".join(lines)
+    signs_for = line_about(lines, "signs for")
+    assert signs_for.startswith("⚠ ") and "not checked: the registry lists no public image" in signs_for
+    assert "MINIO_EXTERNAL_SERVER" in signs_for and "relays" in signs_for and "gateway_upload_mode" in signs_for
+    assert lines[-1] == "doctor: no check failed, 1 warning: read it"
+
+
+async def test_doctor_warns_about_a_registry_that_signs_for_another_host_the_gateway_reaches(
+    aiohttp_server: Any, radosgw: S3Server
+) -> None:
+    other = await aiohttp_server(web.Application())  # answers (404): reachable, but not one of our S3 origins
+    config = await configured(aiohttp_server, radosgw, registry={"s3_external_server": f"127.0.0.1:{other.port}"})
+    code, lines = await doctor(config)
+    assert code == 0, "\n".join(lines)
+    signs_for = line_about(lines, "signs for")
+    assert signs_for.startswith("⚠") and f"http://127.0.0.1:{other.port}" in signs_for
+    assert "relays every multipart push there" in signs_for and "s3.aliases" in signs_for

@@ -34,7 +34,7 @@ from tests.processes import LOOPBACK, free_port
 from tests.realclient import RealClient
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
-from tests.stack import MIB, TOKEN, USER, stack_config, start_registry, unique_ref
+from tests.stack import MIB, TOKEN, USER, add_public_image, stack_config, start_registry, unique_ref
 
 MULTIPART_BYTES = 70 * MIB + 4321  # above the client's 64 MiB threshold: 3 parts of 32 MiB
 PARTS = 3
@@ -78,12 +78,13 @@ async def deployment(aiohttp_server: Any, s3_server: S3Server, tmp_path: Path) -
     public_port, s3_public_port = free_port(), free_port()
     public_url = f"http://{LOOPBACK}:{public_port}"
     s3_public_url = f"http://{LOOPBACK}:{s3_public_port}"
-    _, registry_url = await start_registry(
+    registry, registry_url = await start_registry(
         aiohttp_server,
         s3_server,
         domain_name=public_url,  # DOMAIN_NAME: the public URL, as docs/deploy.md says
         s3_external_server=f"{LOOPBACK}:{s3_public_port}",  # MINIO_EXTERNAL_SERVER: nginx's MinIO server
     )
+    add_public_image(registry)  # its pull redirect shows the doctor which S3 origin the registry signs for
     config = stack_config(
         s3_server,
         registry_url=registry_url,
@@ -188,7 +189,7 @@ async def test_doctor_passes_against_the_deployment_behind_nginx(deployment: Dep
     checks = [line for line in lines if line[:1] in {status.value for status in Status}]
     verify = [line for line in checks if "refuses a body that does not match" in line]
     others = [line for line in checks if line not in verify]
-    assert len(others) == 7 and all(line.startswith("✓") for line in others), "\n".join(lines)
+    assert len(others) == 8 and all(line.startswith("✓") for line in others), "\n".join(lines)
     # radosgw verifies the sha256 of what it stores; SeaweedFS does not, and the doctor says so.
     expected = Status.PASS if deployment.s3.name == "radosgw" else Status.WARN
     assert [line[:1] for line in verify] == [expected.value], "\n".join(lines)

@@ -500,6 +500,27 @@ async def test_pull_is_a_302_to_a_presigned_get_of_the_storage_key(registry: Cli
     assert (await registry.get("/v1/imagefile/alice/c1/big:v9", allow_redirects=False)).status == 404
 
 
+async def test_urls_are_signed_for_an_external_server_nobody_resolves_and_a_pull_redirect_reveals_it(
+    start_registry: StartRegistry,
+) -> None:
+    # sregistry presigns for MINIO_EXTERNAL_SERVER without contacting it (minio-py with a fixed region): a host the
+    # gateway does not know, even one that does not resolve, is signed into upload URLs and pull redirects alike.
+    # The public container list and a pull redirect show it without a token and without creating a row.
+    registry = await start_registry(base_settings(s3_external_server="minio.invalid:9000"))
+    collection = await create_collection(registry, "c1")
+    image = await new_image(registry, "c1", "big")
+    await tag(registry, collection["id"], image["id"], "latest")
+    upload = await post_json(registry, f"/v2/imagefile/{image['id']}", {"filesize": 5})
+    assert urlsplit((await upload.json())["data"]["uploadURL"]).netloc == "minio.invalid:9000"
+    rows = len(app_of(registry)[STATE].images)
+    (listed,) = (await (await registry.get("/api/containers/?limit=1")).json())["results"]
+    assert (listed["collection"], listed["name"], listed["version"]) == ("c1", "big", f"sha256.{SHA}")
+    reply = await registry.get(f"/v1/imagefile/c1/big:{listed['version']}?arch=amd64", allow_redirects=False)
+    assert reply.status == 302
+    assert reply.headers["Location"].startswith("http://minio.invalid:9000/sregistry/c1/big%3Asha256.")
+    assert len(app_of(registry)[STATE].images) == rows
+
+
 async def test_a_private_collection_is_pulled_only_by_its_owner(registry: Client) -> None:
     reply = await post_json(registry, "/v1/collections", {"name": "secret", "entity": "1", "private": True})
     collection = (await reply.json())["data"]

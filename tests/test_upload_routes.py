@@ -7,13 +7,17 @@ import hashlib
 import json
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.errors import InvalidRequest
 from tests.libclient import LibraryClient
+from tests.processes import free_port
+from tests.registry import reconfigure
 from tests.s3_fixtures import BUCKET
 from tests.s3servers import S3Server
 from tests.stack import MIB, OTHER_TOKEN, TOKEN, USER, start_stack, unique_ref
@@ -524,3 +528,147 @@ async def test_a_relay_of_an_assembled_image_of_the_wrong_size_is_400_at_once(
     with pytest.raises(InvalidRequest, match=f"the assembled image is {len(data)} bytes, the registry expects"):
         await service._complete_relayed(grant, parts, headers=CIMultiDict(Authorization=f"BEARER {TOKEN}"))
     assert not [r for r in stack.requests_seen_by_registry if r.method == "PUT" and r.body_length]
+
+
+UNKNOWN_S3_SERVER = "minio.invalid:9000"  # MINIO_EXTERNAL_SERVER naming a host the gateway does not know
+
+
+def mode_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [r.__dict__ for r in caplog.records if getattr(r, "event", None) == "upload-mode"]
+
+
+async def mode_metric(session: aiohttp.ClientSession, gateway_url: str) -> list[str]:
+    async with session.get(gateway_url + "/_gateway/metrics") as response:
+        return [line for line in (await response.text()).splitlines() if line.startswith("gateway_upload_mode{")]
+
+
+async def test_the_first_upload_says_which_mode_it_chose_and_why_in_a_log_line_and_a_metric(
+    aiohttp_server: Any, radosgw: S3Server, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 12: with the registry signing for a host the gateway does not know, auto mode relayed silently.
+    stack = await start_stack(aiohttp_server, radosgw, registry_settings={"s3_external_server": UNKNOWN_S3_SERVER})
+    client = LibraryClient(session, stack.gateway_url)
+    caplog.set_level("INFO", logger="gateway.uploads")
+    for _ in range(2):  # said once, at the first upload; counted at every one
+        image_id, _ = await new_image(client)
+        start = await client.start(image_id, len(FILE))
+        assert start.status == 200, start.body
+        assert (await client.abort(image_id, start.data["uploadID"])).status == 200
+    (told,) = mode_lines(caplog)
+    assert (told["upload"], told["mode"], told["reason"]) == ("multipart", "relay", "registry_signs_for_unknown_host")
+    assert told["levelname"] == "WARNING" and told["upload_url_host"] == UNKNOWN_S3_SERVER
+    assert "s3.aliases" in told["message"] and "MINIO_EXTERNAL_SERVER" in told["message"]
+    assert await mode_metric(session, stack.gateway_url) == [
+        'gateway_upload_mode{mode="relay",reason="registry_signs_for_unknown_host",upload="multipart"} 1'
+    ]
+    # A single-PUT push gets the registry's URL unchanged: said too, under its own kind.
+    image_id, _ = await new_image(client)
+    legacy = await client.call("POST", f"/v2/imagefile/{image_id}", {"filesize": 10})
+    assert legacy.status == 200 and urlsplit(legacy.data["uploadURL"]).netloc == UNKNOWN_S3_SERVER
+    assert [(t["upload"], t["mode"], t["reason"]) for t in mode_lines(caplog)][1:] == [
+        ("legacy", "unchanged", "registry_signs_for_unknown_host")
+    ]
+    assert len(await mode_metric(session, stack.gateway_url)) == 2
+
+
+async def test_an_upload_on_our_own_s3_says_it_adopts_at_info(
+    aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await start_stack(aiohttp_server, seaweedfs)
+    client = LibraryClient(session, stack.gateway_url)
+    caplog.set_level("INFO", logger="gateway.uploads")
+    image_id, _ = await new_image(client)
+    start = await client.start(image_id, len(FILE))
+    assert (await client.abort(image_id, start.data["uploadID"])).status == 200
+    (told,) = mode_lines(caplog)
+    assert (told["mode"], told["reason"], told["levelname"]) == ("adopt", "registry_signs_for_our_s3", "INFO")
+    assert await mode_metric(session, stack.gateway_url) == [
+        'gateway_upload_mode{mode="adopt",reason="registry_signs_for_our_s3",upload="multipart"} 1'
+    ]
+
+
+SMALL = os.urandom(5 * MIB + 4321)  # two parts of 5 MiB (the smallest S3 allows), the last one short
+
+
+def staged_keys(s3: S3Server) -> set[str]:
+    client = s3.botocore_client()
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="_gateway/")
+        return {item["Key"] for page in pages for item in page.get("Contents", [])}
+    finally:
+        client.close()
+
+
+async def push_small_until_complete(client: LibraryClient) -> tuple[str, Any, list[str], Any]:
+    """A multipart push of SMALL up to its complete: the image id, the start answer, the ETags and the complete
+    answer."""
+    image_id, _ = await new_image(client, hashlib.sha256(SMALL).hexdigest())
+    start = await client.start(image_id, len(SMALL))
+    assert start.status == 200, start.body
+    etags = await client.upload_parts(image_id, start.data, SMALL)
+    return image_id, start.data, etags, await client.complete(image_id, start.data["uploadID"], etags)
+
+
+def leftovers_of(stack: Any, image_id: str, upload_token: str) -> set[str]:
+    """The staged object and the journal entry of one upload that are still in the staging bucket."""
+    from gateway.journal import journal_key
+
+    grant = stack.gateway.handlers.service.open_grant(upload_token, image_id, TOKEN)
+    assert grant.mode == "relay"
+    journal = journal_key("_gateway/", upload_id=grant.upload_id, expires_at=grant.expires_at)
+    return {grant.key, journal} & staged_keys(stack.s3)
+
+
+@pytest.mark.parametrize("unreachable", ["dns", "refused"])
+async def test_a_relay_to_a_host_that_does_not_resolve_removes_what_it_staged_and_answers_502_at_once(
+    aiohttp_server: Any, radosgw: S3Server, session: aiohttp.ClientSession, unreachable: str
+) -> None:
+    # Issue 12: the registry signs for a host the gateway does not know; auto mode relays there, the relay fails
+    # with a DNS error, and the staged image and its journal entry stayed for about 25 hours.
+    server = UNKNOWN_S3_SERVER if unreachable == "dns" else f"127.0.0.1:{free_port()}"  # nothing listens there
+    stack = await start_stack(
+        aiohttp_server, radosgw, registry_settings={"s3_external_server": server}, uploads={"part_size": 5 * MIB}
+    )
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, start, _, done = await push_small_until_complete(client)
+    assert done.status == 502, done.body
+    message = done.json["error"]["message"]
+    assert done.json["error"]["code"] == 502
+    why = "DNS error" if unreachable == "dns" else "connection refused"
+    assert f"relaying the image to {server} failed: {why}" in message
+    assert "Retrying cannot help, so the staged image was removed" in message and "s3.aliases" in message
+    assert leftovers_of(stack, image_id, start["uploadID"]) == set()
+    assert ("PUT", f"/v2/imagefile/{image_id}/_complete") not in [
+        (r.method, r.path) for r in stack.requests_seen_by_registry
+    ]
+
+
+async def test_a_relay_the_registry_fails_with_a_5xx_keeps_what_it_staged_so_a_retried_complete_succeeds(
+    aiohttp_server: Any, radosgw: S3Server, session: aiohttp.ClientSession
+) -> None:
+    async def unavailable(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    failing = web.Application()
+    failing.router.add_route("*", "/{tail:.*}", unavailable)
+    failing_server = await aiohttp_server(failing)
+    stack = await start_stack(
+        aiohttp_server,
+        radosgw,
+        flavour="selfhosted",
+        registry_settings={"public_url": f"http://127.0.0.1:{failing_server.port}"},  # its upload URLs answer 503
+        uploads={"part_size": 5 * MIB},
+    )
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, start, etags, done = await push_small_until_complete(client)
+    assert done.status == 502, done.body
+    message = done.json["error"]["message"]
+    assert "refused the relayed image (503)" in message and "This may pass" in message and "retrying" in message
+    assert len(leftovers_of(stack, image_id, start["uploadID"])) == 2  # kept for the retry
+    reconfigure(stack.registry, public_url=None)  # the registry's upload URLs work again
+    again = await client.complete(image_id, start["uploadID"], etags)
+    assert again.status == 200, again.body
+    stored = stack.registry_state.images[int(image_id)].file_path
+    assert stored is not None and stored.read_bytes() == SMALL
+    assert leftovers_of(stack, image_id, start["uploadID"]) == set()
+

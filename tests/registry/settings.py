@@ -29,7 +29,9 @@ class RegistrySettings:
     users_never_logged_in: frozenset[str] = frozenset()
     domain_name: str = "http://127.0.0.1"  # DOMAIN_NAME, written into config.prod.json
     s3_endpoint: str = "http://127.0.0.1:9000"  # scheme + MINIO_SERVER (internal: deletes, size lookups)
-    s3_external_server: str = "127.0.0.1:9000"  # MINIO_EXTERNAL_SERVER, host:port signed into client URLs
+    # MINIO_EXTERNAL_SERVER, host:port signed into client URLs (upload URLs and pull redirects). Never contacted:
+    # a host the gateway does not know, or one that does not resolve (minio.invalid:9000), is signed all the same.
+    s3_external_server: str = "127.0.0.1:9000"
     bucket: str = "sregistry"
     access_key: str = "minioadmin"
     secret_key: str = "minioadmin"
