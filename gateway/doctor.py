@@ -2,7 +2,9 @@
 
 Each check prints one line: ``✓`` passed, ``⚠`` works but deserves attention, ``✗`` failed (with the likely
 cause in plain words), ``–`` not checked because an earlier check failed. The exit code is 1 if any check
-failed, else 0 (warnings do not fail). The checks, in order:
+failed, else 0 (warnings do not fail). First, one ``⚠ configuration`` line per risky setting the config accepts
+(``config.config_warnings``: an http:// public URL, an external S3 endpoint equal to the internal one); then the
+checks, in order:
 
 1. the upstream answers ``GET /version`` with the library API's document (``data.apiVersion``);
 2. the internal S3 endpoint accepts the credentials (ListObjectsV2 on the bucket);
@@ -34,7 +36,7 @@ import yarl
 from multidict import CIMultiDictProxy
 
 from .app import s3_settings
-from .config import Config
+from .config import Config, config_warnings
 from .s3 import MALFORMED_ANSWER, S3Client, S3ConnectionError, S3Error, S3ResponseError, error_fields
 from .sigv4 import Credentials, Endpoint, Signer, sha256_hex
 
@@ -153,6 +155,8 @@ class _Doctor:
         self.out(finding.line())
 
     async def run(self) -> None:
+        for warning in config_warnings(self.config):
+            self.report(Status.WARN, "configuration", warning)
         await self.check_upstream()
         bucket = await self.check_s3_credentials()
         writable, server_date = await self.check_bucket(bucket)

@@ -42,6 +42,15 @@ def line_about(lines: list[str], fragment: str) -> str:
 
 
 def check_lines(lines: list[str]) -> list[str]:
+    return [line for line in check_and_config_lines(lines) if line not in config_lines(lines)]
+
+
+def config_lines(lines: list[str]) -> list[str]:
+    """The warnings about risky settings, printed before the checks."""
+    return [line for line in lines if line.startswith("⚠ configuration: ")]
+
+
+def check_and_config_lines(lines: list[str]) -> list[str]:
     return [line for line in lines if line[:1] in {status.value for status in Status}]
 
 
@@ -97,12 +106,14 @@ async def test_doctor_passes_every_check_for_a_working_deployment(aiohttp_server
     await start_gateway(aiohttp_server, config)
     code, lines = await doctor(config)
     assert code == 0, "\n".join(lines)
-    checks = check_lines(lines)
+    warned, checks = config_lines(lines), check_lines(lines)
     assert len(checks) == 8
     assert all(line.startswith("✓") for line in checks), "\n".join(lines)
     assert "apiVersion 2.0.0" in line_about(lines, "speaks the library API")
     assert "XAmzContentSHA256Mismatch" in line_about(lines, "refuses a body that does not match")
-    assert lines[-1] == "doctor: all checks passed"
+    # The test stack's public URL is plain http on loopback: the only thing doctor has to say about it.
+    assert [line.split(": ", 2)[1] for line in warned] == ["server.public_url"]
+    assert lines[-1] == "doctor: all checks passed, 1 warning"
     assert leftover_probes(radosgw) == []
 
 
@@ -110,10 +121,10 @@ async def test_doctor_only_warns_when_the_gateway_is_not_running_yet(aiohttp_ser
     config = await configured(aiohttp_server, radosgw)
     code, lines = await doctor(config)
     assert code == 0, "\n".join(lines)
-    public = line_about(lines, "public_url")
+    public = line_about(lines, "reaches a gateway")
     assert public.startswith("⚠")
     assert "connection refused" in public and "not running yet" in public
-    assert lines[-1] == "doctor: all checks passed, 1 warning"
+    assert lines[-1] == "doctor: all checks passed, 2 warnings"  # and the http:// public URL
 
 
 async def test_doctor_blames_the_secret_key_when_s3_computes_another_signature(
@@ -154,6 +165,20 @@ async def test_doctor_finds_a_proxy_that_changes_the_host_of_presigned_urls(
     assert presigned.startswith("✗")
     assert "SignatureDoesNotMatch" in presigned and "Host" in presigned and "$http_host" in presigned
     assert leftover_probes(radosgw) == []
+
+
+async def test_doctor_warns_about_risky_settings_one_line_each_before_the_checks(
+    aiohttp_server: Any, radosgw: S3Server
+) -> None:
+    config = await configured(aiohttp_server, radosgw, s3={"external_endpoint": f"http://127.0.0.1:{radosgw.port}"})
+    await start_gateway(aiohttp_server, config)
+    code, lines = await doctor(config)
+    assert code == 0, "\n".join(lines)
+    assert lines[:2] == config_lines(lines)
+    assert lines[0].startswith("⚠ configuration: server.public_url: http:// sends registry credentials")
+    assert lines[1].startswith("⚠ configuration: s3.external_endpoint: equal to s3.internal_endpoint")
+    assert all(line.startswith("✓") for line in check_lines(lines)), "\n".join(lines)
+    assert lines[-1] == "doctor: all checks passed, 2 warnings"
 
 
 async def test_doctor_finds_a_bucket_that_does_not_exist(aiohttp_server: Any, radosgw: S3Server) -> None:
@@ -214,7 +239,7 @@ async def test_doctor_warns_that_seaweedfs_does_not_verify_part_hashes(
     verify = line_about(lines, "refuses a body that does not match")
     assert verify.startswith("⚠") and "does not verify part hashes" in verify
     assert line_about(lines, "with a bound sha256 is accepted").startswith("✓")
-    assert lines[-1] == "doctor: all checks passed, 1 warning"
+    assert lines[-1] == "doctor: all checks passed, 2 warnings"  # and the http:// public URL
     assert leftover_probes(seaweedfs) == []
 
 
@@ -239,7 +264,7 @@ def test_doctor_command_prints_one_line_per_check_and_exits_1_on_a_failure(rados
     )
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert len(check_lines(lines)) == 8
+    assert len(check_lines(lines)) == 8 and len(config_lines(lines)) == 1  # the default http:// public URL
     assert line_about(lines, "speaks the library API").startswith("✗")
     assert line_about(lines, "present and writable").startswith("✓")
     assert lines[-1].startswith("doctor: 1 check failed")
