@@ -3,8 +3,9 @@ streaming them to a client.
 
 Run: ``python -m fuzz.fuzz_http1 [libFuzzer flags] [corpus dir]`` from the repository root (see fuzz/run.py).
 
-A head either parses into a consistent ResponseHead or raises ProtocolError; a chunked body decodes to the same
-bytes whatever pieces it arrives in, or raises ProtocolError. Any other exception, or an inconsistency, is a crash.
+A head either parses into a consistent ResponseHead with unambiguous framing or raises ProtocolError; a chunked
+body decodes to the same bytes whatever pieces it arrives in, or raises ProtocolError. Any other exception, or an
+inconsistency, is a crash.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def head(provider: atheris.FuzzedDataProvider) -> None:
     assert 100 <= parsed.status <= 999
     assert parsed.content_length is None or parsed.content_length >= 0
     assert not (parsed.chunked and parsed.content_length is not None)
+    # Framing the client's connection can rely on (issue 13 point 6): one Content-Length at most, none beside
+    # chunked, and no transfer coding but chunked alone.
+    names = [name.lower() for name, _ in parsed.headers]
+    assert names.count("content-length") == (parsed.content_length is not None)
+    codings = [value.strip(" \t").lower() for name, value in parsed.headers if name.lower() == "transfer-encoding"]
+    assert codings == (["chunked"] if parsed.chunked else []), codings
 
 
 def decode(data: bytes, cuts: list[int]) -> tuple[bytes, bool, bytes] | None:

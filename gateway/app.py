@@ -87,7 +87,7 @@ class Gateway:
             clock=self._now,
             metrics=self.metrics,
         )
-        forwarder = Forwarder.from_config(config, rewrite_location=service.rewrite_location)
+        forwarder = Forwarder.from_config(config, rewrite_location=service.public_location)
         self._closing.append(forwarder.close)
         self._handlers = Handlers(service, forwarder)
         if config.uploads.sweep_interval_seconds > 0:

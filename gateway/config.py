@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -29,6 +30,7 @@ __all__ = [
     "ServerConfig",
     "UploadsConfig",
     "UpstreamConfig",
+    "config_warnings",
     "load_config",
     "masked",
 ]
@@ -38,6 +40,10 @@ ENV_PREFIX = "GATEWAY_"
 # sregistry's ids: SQLite/PostgreSQL integer keys from 1; up to 18 digits always fits a signed 64-bit INTEGER.
 DEFAULT_IMAGE_ID_PATTERN = "[1-9][0-9]{0,17}"
 SECRET_KEYS = frozenset({"s3.secret_key", "uploads.token_secret", "uploads.previous_token_secrets"})
+# A token secret's estimated entropy (secret_bits) must reach this. 16 random hex characters estimate 32 bits or
+# more but about once in 10^9 draws (16 random digits: once in 2·10^5); "abab…", "passwordpassword",
+# "changeme-changeme-…" or "aaa…ab" estimate 2 to 27.
+MIN_SECRET_BITS = 32.0
 
 
 class ConfigError(Exception):
@@ -232,6 +238,10 @@ def _check_type(where: str, kind: Any, value: Any) -> None:
 def _validate(config: Config) -> None:
     _check_listen(config.server.listen)
     _check_url("server.public_url", config.server.public_url)
+    public = urlsplit(config.server.public_url)
+    if public.query or public.fragment or config.server.public_url.endswith(("?", "#")):
+        # Paths are appended to it (Location, discovery): a query would end up in the middle of every URL.
+        raise ConfigError("server.public_url: must not have a query or fragment")
     for proxy in config.server.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)
@@ -242,6 +252,11 @@ def _validate(config: Config) -> None:
     if config.server.log_level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("server.log_level: expected debug | info | warning | error")
     _check_url("upstream.url", config.upstream.url)
+    if _origin(config.server.public_url) == _origin(config.upstream.url):
+        raise ConfigError(
+            "server.public_url: names the registry itself (the origin of upstream.url): clients would bypass the "
+            "gateway; set the URL clients use to reach the gateway"
+        )
     _check_url("s3.internal_endpoint", config.s3.internal_endpoint, origin_only=True)
     _check_url("s3.external_endpoint", config.s3.external_endpoint, origin_only=True)
     for alias in config.s3.aliases:
@@ -256,6 +271,12 @@ def _validate(config: Config) -> None:
         raise ConfigError("uploads.token_secret: required, set it in the file or GATEWAY_UPLOADS_TOKEN_SECRET")
     if len(uploads.token_secret) < 16:
         raise ConfigError("uploads.token_secret: too short, use at least 16 characters (32 random bytes is good)")
+    for where, secrets in (
+        ("uploads.token_secret", [uploads.token_secret]),
+        ("uploads.previous_token_secrets", uploads.previous_token_secrets),
+    ):
+        for secret in secrets:
+            _check_token_secret(where, secret, s3_secret_key=config.s3.secret_key)
     if not MIN_PART_SIZE <= uploads.part_size <= MAX_PART_SIZE:
         raise ConfigError(f"uploads.part_size: must be within {MIN_PART_SIZE}..{MAX_PART_SIZE} bytes (5 MiB..5 GiB)")
     for where, seconds in (
@@ -291,6 +312,57 @@ def _validate(config: Config) -> None:
     ):
         if number <= 0:
             raise ConfigError(f"{where}: must be positive")
+
+
+def _check_token_secret(where: str, secret: str, *, s3_secret_key: str) -> None:
+    """Refuse a token secret anyone could guess: it seals every upload token, so it is as strong as bucket writes."""
+    if len(set(secret)) == 1:
+        raise ConfigError(f"{where}: one character repeated; use 32 random bytes (docs/configuration.md)")
+    bits = secret_bits(secret)
+    if bits < MIN_SECRET_BITS:
+        raise ConfigError(
+            f"{where}: too little entropy (about {bits:.0f} bits, at least {MIN_SECRET_BITS:.0f} needed): "
+            "use 32 random bytes (docs/configuration.md)"
+        )
+    if secret == s3_secret_key:
+        # One leaked secret would then give both bucket access and forged tokens; nor should either be derivable.
+        raise ConfigError(f"{where}: equal to s3.secret_key; use a secret of its own")
+
+
+def secret_bits(secret: str) -> float:
+    """A generous estimate of a secret's entropy in bits: the length of its shortest repeating unit (``abab…`` →
+    ``ab``) times log2 of the number of distinct characters in it. It catches repetition and tiny alphabets, not
+    dictionary words; for anything a person chose it is an upper bound."""
+    unit = secret
+    for period in range(1, len(secret) // 2 + 1):
+        if secret[period:] == secret[:-period]:
+            unit = secret[:period]
+            break
+    return len(unit) * math.log2(len(set(unit))) if unit else 0.0
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Settings that work but are risky: one line each, naming the key; logged at start and shown by doctor."""
+    warnings = []
+    if urlsplit(config.server.public_url).scheme.lower() == "http":
+        warnings.append(
+            "server.public_url: http:// sends registry credentials and upload tokens in the clear; "
+            "use https:// (TLS at nginx in front, docs/deploy.md)"
+        )
+    if config.internal_endpoint == config.external_endpoint:
+        warnings.append(
+            "s3.external_endpoint: equal to s3.internal_endpoint: clients are sent to the gateway's own S3 address, "
+            "which works only if they can reach it under that name (docs/configuration.md)"
+        )
+    return warnings
+
+
+def _origin(url: str) -> Endpoint | None:
+    parts = urlsplit(url)
+    try:
+        return Endpoint.parse(f"{parts.scheme}://{parts.netloc}")
+    except ValueError:
+        return None
 
 
 def _check_listen(listen: str) -> None:

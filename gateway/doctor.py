@@ -2,7 +2,9 @@
 
 Each check prints one line: ``✓`` passed, ``⚠`` works but deserves attention, ``✗`` failed (with the likely
 cause in plain words), ``–`` not checked because an earlier check failed. The exit code is 1 if any check
-failed, else 0 (warnings do not fail). The checks, in order:
+failed, else 0 (warnings do not fail). First, one ``⚠ configuration`` line per risky setting the config accepts
+(``config.config_warnings``: an http:// public URL, an external S3 endpoint equal to the internal one); then the
+checks, in order:
 
 1. the upstream answers ``GET /version`` with the library API's document (``data.apiVersion``);
 1b. the registry signs for an S3 origin the gateway knows: read from the pull redirect of a public image
@@ -38,7 +40,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDictProxy
 
-from .config import Config
+from .config import Config, config_warnings
 from .s3 import MALFORMED_ANSWER, S3Client, S3ConnectionError, S3Error, S3ResponseError, S3Settings, error_fields
 from .sigv4 import Credentials, Endpoint, Signer, sha256_hex
 from .upload_mode import Destination, choose_mode, destination_of, origin_of
@@ -163,6 +165,8 @@ class _Doctor:
         self.out(finding.line())
 
     async def run(self) -> None:
+        for warning in config_warnings(self.config):
+            self.report(Status.WARN, "configuration", warning)
         if await self.check_upstream():
             await self.check_registry_s3_origin()
         else:

@@ -3,8 +3,8 @@
 Apptainer 1.0.0–1.0.2 (library client v1.2.2) pulls in parallel only after a **303** from ``GET v1/imagefile/…``
 and fails on sregistry's 302; later clients take the image size from ``GET v1/images/…`` (it must be > 0) before
 their ranged GETs, and sregistry leaves it null (docs/protocol.md §7). With 303 on, the gateway answers the download
-redirect with 303 (the Location re-signed for the external S3 endpoint as always) and fills in a missing ``size``
-from S3.
+redirect with 303 (the Location re-signed for the external S3 endpoint when the registry signed it) and fills in
+a missing ``size`` from S3.
 
 Where the object is: the gateway asks the registry itself, with the client's own credentials, for the image's
 download redirect and reads bucket and key from its Location. That is the registry's own answer for exactly this
@@ -46,7 +46,9 @@ class Downloads:
 
     async def answer(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         if path.startswith(IMAGEFILE_PREFIX):
-            return await self.forwarder.forward(request, redirect_status=303)
+            return await self.forwarder.forward(
+                request, redirect_status=303, rewrite_location=self.service.download_location
+            )
         return await self.image(request)
 
     async def image(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -71,7 +73,8 @@ class Downloads:
             log.warning("image size: registry redirect failed: %s", exc.message)
             return None
         location = redirect.headers.get("Location") if redirect.status in REDIRECTS else None
-        target = self.service.s3_location(location) if location else None
+        # Only an object the registry granted this caller (the same test as re-signing its redirect).
+        target = self.service.justified_download(location) if location else None
         if target is None:
             return None
         try:

@@ -56,14 +56,18 @@ class ResponseHead:
 
 
 def parse_response_head(block: bytes) -> ResponseHead:
-    """The status line and header fields of one answer: ``block`` is everything before the blank line."""
+    """The status line and header fields of one answer: ``block`` is everything before the blank line.
+
+    Framing is taken only when it is unambiguous (RFC 9112 §6.3), since the client's connection is framed from it:
+    ``Transfer-Encoding`` must be exactly ``chunked`` on an HTTP/1.1 answer, and ``Content-Length`` one field
+    with one value; anything else raises ProtocolError (the forwarder's 502). ``Content-Length`` beside
+    ``Transfer-Encoding: chunked`` is removed, as an intermediary must, and the connection is not reused."""
     # Decoded once as latin-1 (one character per byte, so nothing is lost): string work from here on.
     lines = block.decode("latin-1").split("\r\n")
     minor, status, reason = _status_line(lines[0])
     headers: list[tuple[str, str]] = []
-    content_length: int | None = None
-    chunked = False
-    transfer_coded = False
+    lengths: list[str] = []
+    codings: list[str] | None = None  # transfer codings in order, None without Transfer-Encoding
     tokens: set[str] = set()
     hop_by_hop = False
     for line in lines[1:]:
@@ -72,6 +76,8 @@ def parse_response_head(block: bytes) -> ResponseHead:
             if line[:1] in (" ", "\t") and headers:
                 # obs-fold (RFC 9112 §5.2): a proxy replaces it with a space.
                 headers[-1] = (headers[-1][0], f"{headers[-1][1]} {line.strip(OWS)}")
+                if headers[-1][0].lower() in _FRAMING_NAMES:
+                    raise ProtocolError(f"folded {headers[-1][0]} header")
                 continue
             # No whitespace before the colon (RFC 9112 §5.1): a classic request smuggling vector.
             raise ProtocolError(f"bad header line {line[:80]!r}")
@@ -79,25 +85,37 @@ def parse_response_head(block: bytes) -> ResponseHead:
         lowered = name.lower()
         if lowered in _FRAMING_NAMES:
             if lowered == "content-length":
-                content_length = _content_length(value, content_length)
+                lengths.append(value)
             elif lowered == "transfer-encoding":
-                transfer_coded = True
-                chunked = value.rsplit(",", 1)[-1].strip(OWS).lower() == "chunked"
+                codings = (codings or []) + [coding.strip(OWS).lower() for coding in value.split(",")]
             else:
                 tokens.update(token.strip(OWS).lower() for token in value.split(","))
         if lowered in HOP_BY_HOP:
             hop_by_hop = True
         headers.append((name, value))
-    if transfer_coded:
-        content_length = None  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3)
+    content_length: int | None = None
     keep_alive = "close" not in tokens if minor == "1" else "keep-alive" in tokens
+    if codings is not None:
+        if minor != "1":
+            # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 answer")
+        if codings != ["chunked"]:
+            # Relaying the decoded body of gzip, chunked (or anything else) would mislabel it; 502 instead.
+            raise ProtocolError(f"Transfer-Encoding {', '.join(codings)[:40]!r}: only chunked is relayed")
+        if lengths:
+            # Both: a smuggling or splitting attempt, or a broken upstream. An intermediary must remove
+            # Content-Length (RFC 9112 §6.3), and nothing after this answer on the connection can be trusted.
+            headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
+            keep_alive = False
+    elif lengths:
+        content_length = _content_length(lengths)
     return ResponseHead(
         status=int(status),
         reason=reason,
         headers=headers,
         content_length=content_length,
-        chunked=chunked,
-        keep_alive=keep_alive and (not transfer_coded or chunked),
+        chunked=codings is not None,
+        keep_alive=keep_alive,
         connection_tokens=frozenset(tokens),
         hop_by_hop=hop_by_hop,
     )
@@ -115,16 +133,15 @@ def _status_line(line: str) -> tuple[str, str, str]:
     raise ProtocolError(f"bad status line {line[:80]!r}")
 
 
-def _content_length(value: str, earlier: int | None) -> int:
-    if earlier is None and value.isdigit() and value.isascii():
-        return int(value)
-    values = {item.strip(OWS) for item in value.split(",")}
-    if len(values) != 1 or not all(item.isdigit() and item.isascii() for item in values):
+def _content_length(values: list[str]) -> int:
+    """The one Content-Length: repeated fields or a list (even of equal values) are refused, since the client
+    and any proxy between may resolve them differently (RFC 9112 §6.3: a proxy answers 502)."""
+    if len(values) != 1:
+        raise ProtocolError(f"{len(values)} Content-Length headers")
+    value = values[0]
+    if not (value.isdigit() and value.isascii()):
         raise ProtocolError(f"bad Content-Length {value[:40]!r}")
-    length = int(values.pop())
-    if earlier is not None and earlier != length:
-        raise ProtocolError("conflicting Content-Length headers")
-    return length
+    return int(value)
 
 
 class ChunkedDecoder:

@@ -50,6 +50,8 @@ SMALL_BODY_BYTES: Final = 64 * 1024  # request bodies up to this are read whole:
 # empty (G2). Larger ones stream on chunked (docs/deploy.md).
 CHUNKED_BUFFER_BYTES: Final = 1024 * 1024
 MAX_FETCH_BYTES: Final = 1024 * 1024  # answers the gateway reads whole to edit (image metadata)
+# A Location from the registry → the one the client gets, or None to keep it.
+LocationRewrite = Callable[[str], str | None]
 CONTINUE_WAIT_S: Final = 1.0  # for the upstream's 100 Continue before telling the client to go on (as curl waits)
 
 
@@ -154,7 +156,7 @@ class Forwarder:
         *,
         first_byte_timeout_s: float,
         idle_timeout_s: float,
-        rewrite_location: Callable[[str], str | None] | None = None,
+        rewrite_location: LocationRewrite | None = None,
     ) -> None:
         self.pool = pool
         self.policy = policy
@@ -163,7 +165,7 @@ class Forwarder:
         self.rewrite_location = rewrite_location
 
     @classmethod
-    def from_config(cls, config: Config, *, rewrite_location: Callable[[str], str | None] | None = None) -> Forwarder:
+    def from_config(cls, config: Config, *, rewrite_location: LocationRewrite | None = None) -> Forwarder:
         upstream = URL(config.upstream.url)
         pool = UpstreamPool(
             upstream.origin(),
@@ -268,8 +270,15 @@ class Forwarder:
 
     # forwarding
 
-    async def forward(self, request: web.BaseRequest, *, redirect_status: int | None = None) -> web.StreamResponse:
-        """Forward ``request`` and stream the answer back; ``redirect_status`` replaces a redirect's status."""
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        *,
+        redirect_status: int | None = None,
+        rewrite_location: LocationRewrite | None = None,
+    ) -> web.StreamResponse:
+        """Forward ``request`` and stream the answer back; ``redirect_status`` replaces a redirect's status,
+        ``rewrite_location`` the forwarder's own rewrite of the answer's Location (the download route's)."""
         chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
         expect_continue = request.body_exists and expects_continue(request)
         streamed = chunked or expect_continue or (request.content_length or 0) > SMALL_BODY_BYTES
@@ -293,7 +302,7 @@ class Forwarder:
             )
         except ClientGone:
             return web.Response(status=499, reason="Client Closed Request")
-        return await self._respond(request, conn, head, redirect_status)
+        return await self._respond(request, conn, head, redirect_status, rewrite_location or self.rewrite_location)
 
     async def _read_chunked_prefix(self, request: web.BaseRequest, expect_continue: bool) -> tuple[bytes, bool]:
         """Up to CHUNKED_BUFFER_BYTES of a chunked body, and whether that was all of it. A client waiting for
@@ -328,7 +337,7 @@ class Forwarder:
             raise UpstreamTimeout("registry went silent mid-answer") from exc
         finally:
             self.pool.release(conn)
-        headers = self.response_headers(head, rewrite_location=rewrite_location)
+        headers = self.response_headers(head, rewrite_location=self.rewrite_location if rewrite_location else None)
         return UpstreamReply(head.status, head.reason, headers, b"".join(parts))
 
     async def _exchange(
@@ -423,7 +432,7 @@ class Forwarder:
 
     # the answer
 
-    def response_headers(self, head: ResponseHead, *, rewrite_location: bool = True) -> CIMultiDict[str]:
+    def response_headers(self, head: ResponseHead, *, rewrite_location: LocationRewrite | None) -> CIMultiDict[str]:
         if head.hop_by_hop:
             named = head.connection_tokens
             headers = CIMultiDict(
@@ -433,16 +442,21 @@ class Forwarder:
             )
         else:
             headers = CIMultiDict(head.headers)
-        if rewrite_location and self.rewrite_location is not None and "Location" in headers:
-            rewritten = self.rewrite_location(headers["Location"])
+        if rewrite_location is not None and "Location" in headers:
+            rewritten = rewrite_location(headers["Location"])
             if rewritten is not None:
                 headers["Location"] = rewritten
         return headers
 
     async def _respond(
-        self, request: web.BaseRequest, conn: UpstreamConnection, head: ResponseHead, redirect_status: int | None
+        self,
+        request: web.BaseRequest,
+        conn: UpstreamConnection,
+        head: ResponseHead,
+        redirect_status: int | None,
+        rewrite_location: LocationRewrite | None,
     ) -> web.StreamResponse:
-        headers = self.response_headers(head)
+        headers = self.response_headers(head, rewrite_location=rewrite_location)
         if request_id := REQUEST_ID.get():  # a streamed answer is sent before the handler's end could add it
             headers["X-Request-Id"] = request_id
         status, reason = head.status, head.reason or None

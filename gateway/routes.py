@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .downloads import Downloads
+from .downloads import IMAGEFILE_PREFIX, Downloads
 from .errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -116,6 +116,9 @@ class Handlers:
             return await self.discovery(request)
         if self.downloads.handles(request.method, path):
             return await self.downloads.answer(request, path)
+        if request.method in ("GET", "HEAD") and path.startswith(IMAGEFILE_PREFIX):
+            # The download route, the only one whose redirect into S3 the gateway re-signs (issue 13 point 7).
+            return await self.forwarder.forward(request, rewrite_location=self.service.download_location)
         return await self.forwarder.forward(request)
 
     async def imagefile_route(self, request: web.BaseRequest, path: str) -> web.StreamResponse:

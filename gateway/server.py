@@ -21,7 +21,7 @@ from types import FrameType
 from aiohttp import web
 
 from .app import Gateway, GatewayRunner
-from .config import Config, masked
+from .config import Config, config_warnings, masked
 from .logs import setup_logging
 
 __all__ = ["serve", "use_event_loop"]
@@ -37,6 +37,8 @@ def serve(config: Config) -> None:
     """Run until SIGTERM/SIGINT; exits 1 when the workers keep dying."""
     setup_logging(config.server.log_level)
     log.info("starting", extra={"event": "start", "config": masked(config)})
+    for warning in config_warnings(config):
+        log.warning("risky configuration: %s", warning, extra={"event": "config-warning"})
     if config.server.workers == 1:
         run_worker(config, reuse_port=False)
     elif Supervisor(config).run() != 0:

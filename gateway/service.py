@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .plan import MAX_SINGLE_PUT, plan_parts
 from .registry import Registry
 from .s3 import S3Client, S3ClientError, S3Error, S3UsageError
-from .sigv4 import Endpoint, Signer
+from .sigv4 import Endpoint, Signer, verify_presigned_url
 from .tokens import Mode, TokenSealer, UploadGrant
 from .upload_mode import (
     SIGNS_FOR_UNKNOWN_HOST,
@@ -125,22 +125,48 @@ class UploadService:
         parts = urlsplit(url)
         return self.public_url + parts.path + (f"?{parts.query}" if parts.query else "")
 
-    def rewrite_location(self, location: str) -> str | None:
-        """A redirect from the registry: re-sign S3 downloads for the external endpoint; keep clients on us."""
-        target = self.s3_location(location)
-        if target is not None:
-            self.metrics.presigns.inc(kind="download")
-            return self.signer.presign(
-                "GET",
-                self.external,
-                target.bucket,
-                target.key,
-                now=self.clock(),
-                expires_s=self.config.downloads.url_expiry_seconds,
-            )
+    def public_location(self, location: str) -> str | None:
+        """A redirect from the registry on any route: one to the registry itself is kept on the gateway; anything
+        else (None) goes out as the registry sent it. Nothing is signed here."""
         if self.points_at_upstream(location):
             return self.to_public(location)
         return None
+
+    def download_location(self, location: str) -> str | None:
+        """A redirect from the registry's download route: re-signed for the external endpoint when the registry
+        itself granted that download (``justified_download``), else as ``public_location``. A URL into S3 that
+        the registry did not sign passes unchanged: the gateway adds no access the registry did not give."""
+        target = self.justified_download(location)
+        if target is None:
+            return self.public_location(location)
+        self.metrics.presigns.inc(kind="download")
+        return self.signer.presign(
+            "GET",
+            self.external,
+            target.bucket,
+            target.key,
+            now=self.clock(),
+            expires_s=self.config.downloads.url_expiry_seconds,
+        )
+
+    def justified_download(self, location: str) -> S3Location | None:
+        """Bucket and key of a registry redirect the gateway may sign a GET for, else None: a path-style URL on one
+        of our S3 origins, in the configured bucket, for a key outside the gateway's own ``staging_prefix``
+        (journal, relay staging, markers) with no empty or dot segments (which some servers normalise), that the
+        registry presigned itself with our access key and secret and that has not expired. A registry that
+        reflects input into Location cannot make the gateway sign anything the registry would not."""
+        target = self.s3_location(location)
+        if target is None or target.bucket != self.config.s3.bucket or not self._image_key(target.key):
+            return None
+        if not verify_presigned_url(location, self.signer.credentials, method="GET", now=self.clock()):
+            return None
+        return target
+
+    def _image_key(self, key: str) -> bool:
+        segments = key.split("/")
+        if any(segment in ("", ".", "..") for segment in segments):
+            return False
+        return not key.startswith(self.config.uploads.staging_prefix)
 
     # -- multipart ---------------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     from _hashlib import HASH
@@ -49,6 +49,7 @@ __all__ = [
     "s3_path",
     "sha256_hex",
     "uri_encode",
+    "verify_presigned_url",
 ]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -496,6 +497,71 @@ class Signer:
             headers=headers,
             content_sha256_header=content_sha256_header,
         ).headers
+
+
+_AMZ_DATE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+MAX_CLOCK_SKEW_S = 900  # S3's own tolerance for a request's date
+
+
+def verify_presigned_url(url: str, credentials: Credentials, *, method: str, now: datetime) -> bool:
+    """Whether ``url`` is a query-presigned SigV4 URL for ``method`` that ``credentials`` signed and that is valid at
+    ``now``: their access key in ``X-Amz-Credential``, a signature only their secret makes over the URL as written
+    (path unnormalised, every query parameter), signed less than 15 minutes in the future and not expired.
+
+    Only the shape S3 clients presign for a download is taken: ``host`` the only signed header, an unsigned
+    payload. Anything else, malformed or not, is False."""
+    try:
+        parts = urlsplit(url)
+        host_header = Endpoint.parse(f"{parts.scheme}://{parts.netloc}").host_header
+        pairs = []
+        auth: dict[str, str] = {}
+        for item in parts.query.split("&"):
+            raw_name, _, raw_value = item.partition("=")
+            name, value = unquote(raw_name, errors="strict"), unquote(raw_value, errors="strict")
+            if name.startswith("X-Amz-"):
+                if name in auth:
+                    return False  # which one would S3 take?
+                auth[name] = value
+            if name != "X-Amz-Signature":
+                pairs.append((name, value))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    access_key, _, scope = auth.get("X-Amz-Credential", "").partition("/")
+    datestamp, region, service, terminator = (scope.split("/") + ["", "", "", ""])[:4]
+    amz_date, expires = auth.get("X-Amz-Date", ""), auth.get("X-Amz-Expires", "")
+    signature = auth.get("X-Amz-Signature", "")
+    if (
+        parts.fragment
+        or not parts.path.startswith("/")
+        or auth.get("X-Amz-Algorithm") != ALGORITHM
+        or auth.get("X-Amz-SignedHeaders") != "host"
+        or "X-Amz-Content-Sha256" in auth
+        or not hmac.compare_digest(access_key.encode(), credentials.access_key.encode())
+        or scope.count("/") != 3
+        or (service, terminator) != ("s3", "aws4_request")
+        or _AMZ_DATE.fullmatch(amz_date) is None
+        or amz_date[:8] != datestamp
+        or not (expires.isdigit() and expires.isascii() and 1 <= int(expires) <= MAX_EXPIRES_S)
+        or _SIGNATURE.fullmatch(signature) is None
+    ):
+        return False
+    try:
+        signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    age = (now - signed_at).total_seconds()
+    if not -MAX_CLOCK_SKEW_S <= age < int(expires):
+        return False
+    canonical_request = (
+        f"{method}\n{parts.path}\n{canonical_query(pairs)}\nhost:{host_header}\n\nhost\n{UNSIGNED_PAYLOAD}"
+    )
+    key = _hmac(("AWS4" + credentials.secret_key).encode(), datestamp)
+    for part in (region, service, "aws4_request"):
+        key = _hmac(key, part)
+    string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
+    expected = hmac.new(key, string_to_sign.encode(), "sha256").hexdigest()
+    return hmac.compare_digest(expected, signature)
 
 
 def _hmac(key: bytes, message: str) -> bytes:

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import ConfigError, load_config, masked
+from gateway.config import ConfigError, config_warnings, load_config, masked, secret_bits
+from tests.processes import free_port
+from tests.proxy_harness import gateway_process
 
 GOOD_ENV = {
     "GATEWAY_S3_ACCESS_KEY": "AKIDEXAMPLE",
@@ -76,6 +78,45 @@ def test_no_file_means_defaults_plus_environment() -> None:
         ("", {"GATEWAY_S3_VERIFY_TLS": "maybe"}, "s3.verify_tls: expected true or false"),
         ('[s3]\nca_bundle = "/no/such/ca.pem"\n', {}, "s3.ca_bundle: no such file"),
         ("[server\n", {}, "invalid TOML"),
+        # Always wrong (issue 13 point 8).
+        (
+            '[server]\npublic_url = "https://registry.example.org/?x=1"\n',
+            {},
+            "server.public_url: must not have a query",
+        ),
+        ('[server]\npublic_url = "https://registry.example.org?"\n', {}, "server.public_url: must not have a query"),
+        (
+            '[server]\npublic_url = "https://registry.example.org/#top"\n',
+            {},
+            "server.public_url: must not have a query",
+        ),
+        ("", {"GATEWAY_SERVER_PUBLIC_URL": "http://127.0.0.1:8000"}, "server.public_url: names the registry itself"),
+        (
+            '[server]\npublic_url = "http://Registry.example.org/library"\n'
+            '[upstream]\nurl = "http://registry.example.org:80"\n',
+            {},
+            "server.public_url: names the registry itself",
+        ),
+        ("", {"GATEWAY_UPLOADS_TOKEN_SECRET": "x" * 32}, "uploads.token_secret: one character repeated"),
+        ("", {"GATEWAY_UPLOADS_TOKEN_SECRET": "ab" * 16}, "uploads.token_secret: too little entropy"),
+        ("", {"GATEWAY_UPLOADS_TOKEN_SECRET": "passwordpassword"}, "uploads.token_secret: too little entropy"),
+        ("", {"GATEWAY_UPLOADS_TOKEN_SECRET": "changeme-" * 3}, "uploads.token_secret: too little entropy"),
+        ("", {"GATEWAY_UPLOADS_TOKEN_SECRET": "a" * 15 + "b"}, "uploads.token_secret: too little entropy"),
+        (
+            "",
+            {"GATEWAY_UPLOADS_TOKEN_SECRET": "very-secret-key-value"},
+            "uploads.token_secret: equal to s3.secret_key",
+        ),
+        (
+            "",
+            {"GATEWAY_UPLOADS_PREVIOUS_TOKEN_SECRETS": "Zk3q9XbT2mWc7LpR, 1111111111111111"},
+            "uploads.previous_token_secrets: one character repeated",
+        ),
+        (
+            "",
+            {"GATEWAY_UPLOADS_PREVIOUS_TOKEN_SECRETS": "very-secret-key-value"},
+            "uploads.previous_token_secrets: equal to s3.secret_key",
+        ),
     ],
 )
 def test_bad_config_is_refused_with_the_key_named(
@@ -115,6 +156,14 @@ def test_serve_with_bad_config_exits_2_before_binding() -> None:
     result = run_cli("serve", env={"GATEWAY_S3_ACCESS_KEY": "x"})
     assert result.returncode == 2
     assert result.stderr.startswith("config error: s3.secret_key: required")
+
+
+def test_serve_with_a_guessable_token_secret_exits_2_with_one_line_naming_the_key() -> None:
+    result = run_cli("serve", env=GOOD_ENV | {"GATEWAY_UPLOADS_TOKEN_SECRET": "a" * 32})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "config error: uploads.token_secret: one character repeated; use 32 random bytes (docs/configuration.md)"
+    ]
 
 
 def test_version_flag_prints_the_package_version() -> None:
@@ -161,3 +210,38 @@ def test_presign_refuses_a_sha256_that_is_not_lowercase_hex(
         monkeypatch.setenv(name, value)
     assert main(["presign", "PUT", "b", "k", "--sha256", "ABC"]) == 2
     assert "--sha256" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["3f9a0c1be27d4865", "0123456789abcdef", "4407158293364801", "Zk3q9XbT2mWc7LpR", "token-secret-0123456789"],
+)
+def test_random_looking_token_secrets_of_16_characters_are_accepted(secret: str) -> None:
+    assert load_config(None, GOOD_ENV | {"GATEWAY_UPLOADS_TOKEN_SECRET": secret}).uploads.token_secret == secret
+    assert secret_bits(secret) >= 32
+
+
+def test_risky_settings_are_warned_about_one_line_each_naming_the_key() -> None:
+    risky = load_config(None, GOOD_ENV | {"GATEWAY_SERVER_PUBLIC_URL": "http://registry.example.org"})
+    warnings = config_warnings(risky)  # the defaults: internal and external endpoint both http://127.0.0.1:9000
+    assert [warning.split(":", 1)[0] for warning in warnings] == ["server.public_url", "s3.external_endpoint"]
+    assert all("\n" not in warning for warning in warnings)
+    safe = load_config(
+        None,
+        GOOD_ENV
+        | {
+            "GATEWAY_SERVER_PUBLIC_URL": "https://registry.example.org",
+            "GATEWAY_S3_EXTERNAL_ENDPOINT": "https://s3.example.org",
+        },
+    )
+    assert config_warnings(safe) == []
+
+
+async def test_serve_logs_each_risky_setting_once_at_start(tmp_path: Path) -> None:
+    # gateway_environment: public_url http://127.0.0.1:<port>, both S3 endpoints http://127.0.0.1:9.
+    async with gateway_process(f"http://127.0.0.1:{free_port()}", tmp_path) as gateway:
+        logged = [json.loads(line) for line in gateway.log_path.read_text().splitlines() if line.startswith("{")]
+    warned = [line["message"] for line in logged if line.get("event") == "config-warning"]
+    assert len(warned) == 2
+    assert warned[0].startswith("risky configuration: server.public_url: http://")
+    assert warned[1].startswith("risky configuration: s3.external_endpoint: equal to s3.internal_endpoint")

@@ -45,6 +45,15 @@ def line_about(lines: list[str], fragment: str) -> str:
 
 
 def check_lines(lines: list[str]) -> list[str]:
+    return [line for line in check_and_config_lines(lines) if line not in config_lines(lines)]
+
+
+def config_lines(lines: list[str]) -> list[str]:
+    """The warnings about risky settings, printed before the checks."""
+    return [line for line in lines if line.startswith("⚠ configuration: ")]
+
+
+def check_and_config_lines(lines: list[str]) -> list[str]:
     return [line for line in lines if line[:1] in {status.value for status in Status}]
 
 
@@ -111,13 +120,15 @@ async def test_doctor_passes_every_check_for_a_working_deployment(aiohttp_server
     await start_gateway(aiohttp_server, config)
     code, lines = await doctor(config)
     assert code == 0, "\n".join(lines)
-    checks = check_lines(lines)
+    warned, checks = config_lines(lines), check_lines(lines)
     assert len(checks) == 9
     assert all(line.startswith("✓") for line in checks), "\n".join(lines)
     assert "apiVersion 2.0.0" in line_about(lines, "speaks the library API")
     assert f"http://127.0.0.1:{radosgw.port}, one of the gateway's S3 origins" in line_about(lines, "signs for")
     assert "XAmzContentSHA256Mismatch" in line_about(lines, "refuses a body that does not match")
-    assert lines[-1] == "doctor: all checks passed"
+    # The test stack's public URL is plain http on loopback: the only thing doctor has to say about it.
+    assert [line.split(": ", 2)[1] for line in warned] == ["server.public_url"]
+    assert lines[-1] == "doctor: no check failed, 1 warning: read it"
     assert leftover_probes(radosgw) == []
 
 
@@ -125,10 +136,10 @@ async def test_doctor_only_warns_when_the_gateway_is_not_running_yet(aiohttp_ser
     config = await configured(aiohttp_server, radosgw)
     code, lines = await doctor(config)
     assert code == 0, "\n".join(lines)
-    public = line_about(lines, "public_url")
+    public = line_about(lines, "reaches a gateway")
     assert public.startswith("⚠")
     assert "connection refused" in public and "not running yet" in public
-    assert lines[-1] == "doctor: no check failed, 1 warning: read it"
+    assert lines[-1] == "doctor: no check failed, 2 warnings: read them"  # and the http:// public URL
 
 
 async def test_doctor_blames_the_secret_key_when_s3_computes_another_signature(
@@ -169,6 +180,20 @@ async def test_doctor_finds_a_proxy_that_changes_the_host_of_presigned_urls(
     assert presigned.startswith("✗")
     assert "SignatureDoesNotMatch" in presigned and "Host" in presigned and "$http_host" in presigned
     assert leftover_probes(radosgw) == []
+
+
+async def test_doctor_warns_about_risky_settings_one_line_each_before_the_checks(
+    aiohttp_server: Any, radosgw: S3Server
+) -> None:
+    config = await configured(aiohttp_server, radosgw, s3={"external_endpoint": f"http://127.0.0.1:{radosgw.port}"})
+    await start_gateway(aiohttp_server, config)
+    code, lines = await doctor(config)
+    assert code == 0, "\n".join(lines)
+    assert lines[:2] == config_lines(lines)
+    assert lines[0].startswith("⚠ configuration: server.public_url: http:// sends registry credentials")
+    assert lines[1].startswith("⚠ configuration: s3.external_endpoint: equal to s3.internal_endpoint")
+    assert all(line.startswith("✓") for line in check_lines(lines)), "\n".join(lines)
+    assert lines[-1] == "doctor: no check failed, 2 warnings: read them"
 
 
 async def test_doctor_finds_a_bucket_that_does_not_exist(aiohttp_server: Any, radosgw: S3Server) -> None:
@@ -229,7 +254,7 @@ async def test_doctor_warns_that_seaweedfs_does_not_verify_part_hashes(
     verify = line_about(lines, "refuses a body that does not match")
     assert verify.startswith("⚠") and "does not verify part hashes" in verify
     assert line_about(lines, "with a bound sha256 is accepted").startswith("✓")
-    assert lines[-1] == "doctor: no check failed, 1 warning: read it"
+    assert lines[-1] == "doctor: no check failed, 2 warnings: read them"  # and the http:// public URL
     assert leftover_probes(seaweedfs) == []
 
 
@@ -254,7 +279,7 @@ def test_doctor_command_prints_one_line_per_check_and_exits_1_on_a_failure(rados
     )
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert len(check_lines(lines)) == 9
+    assert len(check_lines(lines)) == 9 and len(config_lines(lines)) == 1  # the default http:// public URL
     assert line_about(lines, "speaks the library API").startswith("✗")
     assert line_about(lines, "signs for").startswith("–")
     assert line_about(lines, "present and writable").startswith("✓")
@@ -275,7 +300,7 @@ async def test_doctor_fails_a_registry_that_signs_for_a_host_the_gateway_does_no
     assert signs_for.startswith("✗"), signs_for
     assert f"http://{UNKNOWN_S3_SERVER}" in signs_for and "MINIO_EXTERNAL_SERVER" in signs_for
     assert "does not resolve" in signs_for and "relayed" in signs_for and "s3.aliases" in signs_for
-    assert lines[-1] == "doctor: 1 check failed"
+    assert lines[-1] == "doctor: 1 check failed, 1 warning"  # the warning: the http:// public URL
     assert not [line for line in lines if "all checks passed" in line]
 
 
@@ -304,7 +329,7 @@ async def test_doctor_says_what_it_could_not_check_when_no_image_is_public(
     signs_for = line_about(lines, "signs for")
     assert signs_for.startswith("⚠ ") and "not checked: the registry lists no public image" in signs_for
     assert "MINIO_EXTERNAL_SERVER" in signs_for and "relays" in signs_for and "gateway_upload_mode" in signs_for
-    assert lines[-1] == "doctor: no check failed, 1 warning: read it"
+    assert lines[-1] == "doctor: no check failed, 2 warnings: read them"  # and the http:// public URL
 
 
 async def test_doctor_warns_about_a_registry_that_signs_for_another_host_the_gateway_reaches(

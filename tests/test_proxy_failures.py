@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import Gateway
 from tests.gateway_fixtures import GatewayTestServer, gateway_config
+from tests.proxy_harness import RawUpstream
 
 Client = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -224,3 +225,63 @@ async def test_an_upstream_refusing_an_upload_early_gets_its_answer_to_the_clien
     finally:
         server.close()
         await server.wait_closed()
+
+
+# -- ambiguous framing from the registry (issue 13 point 6) ------------------------------------------------------
+
+
+def chunked_body(body: bytes, piece: int = 65536) -> bytes:
+    chunks = [b"%x\r\n%s\r\n" % (len(body[i : i + piece]), body[i : i + piece]) for i in range(0, len(body), piece)]
+    return b"".join(chunks) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("size", [5, 3 * MIB], ids=["read-whole", "streamed"])
+async def test_content_length_beside_chunked_is_dropped_and_the_clients_connection_stays_in_step(
+    aiohttp_client: Client, size: int
+) -> None:
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked_body(body)
+    async with RawUpstream(lambda head: answer) as upstream:
+        gateway = await start_gateway(aiohttp_client, upstream)
+        async with asyncio.timeout(EVENT_TIMEOUT_S):  # a bound, not a threshold: without the fix the client hangs
+            for _ in range(2):  # the second answer on the same client connection proves it stayed in step
+                response = await gateway.get("/v1/images/x")
+                assert response.status == 200
+                assert response.headers.get("Content-Length", str(size)) == str(size)
+                assert await response.read() == body
+        # Nothing after such an answer can be trusted on the upstream connection: each went on a new one.
+        assert upstream.connections == 2
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n",
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n",
+    ],
+    ids=[
+        "gzip-chunked",
+        "gzip-then-chunked",
+        "chunked-twice",
+        "http10-chunked",
+        "two-lengths",
+        "length-list",
+        "conflict",
+    ],
+)
+async def test_ambiguous_framing_from_the_registry_is_a_502_json_error(aiohttp_client: Client, head: bytes) -> None:
+    encoded = chunked_body(b"hello")
+    answer = head + b"\r\n" + (encoded if b"chunked" in head else b"hello")
+    async with RawUpstream(lambda request: answer) as upstream:
+        gateway = await start_gateway(aiohttp_client, upstream)
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            response = await gateway.get("/v1/images/x")
+            assert response.status == 502
+            error = (await response.json())["error"]
+        assert error["code"] == 502 and "registry sent a broken answer" in error["message"]
+        assert "Content-Encoding" not in response.headers

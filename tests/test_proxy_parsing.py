@@ -21,8 +21,8 @@ def test_a_head_keeps_header_order_multiplicity_and_casing() -> None:
 @pytest.mark.parametrize(
     ("block", "method", "framing", "keep_alive"),
     [
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9", "GET", "chunked", True),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip", "GET", "close", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked", "GET", "chunked", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked", "GET", "chunked", True),
         (b"HTTP/1.1 200 OK", "GET", "close", True),
         (b"HTTP/1.0 200 OK\r\nContent-Length: 3", "GET", "length", False),
         (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3", "GET", "length", True),
@@ -43,9 +43,13 @@ def test_an_obsolete_folded_header_line_is_joined_with_a_space() -> None:
     assert head.headers[0] == ("X-Long", "one two")
 
 
-def test_repeated_equal_content_lengths_are_one() -> None:
-    assert parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 7").content_length == 7
-    assert parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7").content_length == 7
+def test_content_length_beside_chunked_is_removed_and_the_connection_not_reused() -> None:
+    # RFC 9112 §6.3: an intermediary forwarding such an answer must remove Content-Length; forwarded, it framed
+    # the client's connection differently from the de-chunked body (issue 13 point 6).
+    head = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-A: b\r\nTransfer-Encoding: chunked")
+    assert head.framing("GET") == "chunked" and head.content_length is None
+    assert [name for name, _ in head.headers] == ["X-A", "Transfer-Encoding"]
+    assert not head.keep_alive
 
 
 @pytest.mark.parametrize(
@@ -57,6 +61,18 @@ def test_repeated_equal_content_lengths_are_one() -> None:
         b"HTTP/1.1 200 OK\r\nBad Name: x",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1",
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2",
+        # Ambiguous framing (issue 13 point 6): repeated lengths, even equal, and any coding but chunked alone.
+        b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 7",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nContent-Length: 2",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding:",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n gzip",
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked",
         b"HTTP/1.1 200 OK\r\n folded-first: x",
         # Bytes that are digits or whitespace only to a Unicode-minded parser (latin-1 superscripts, NBSP, NEL):
         b"HTTP/1.1 \xb200 OK",

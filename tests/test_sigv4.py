@@ -40,6 +40,7 @@ from gateway.sigv4 import (
     s3_path,
     sha256_hex,
     uri_encode,
+    verify_presigned_url,
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -738,6 +739,95 @@ def test_the_direct_presign_path_equals_the_general_path(
     )
 
     assert ours == general
+
+
+# verify_presigned_url: what the gateway checks before it re-signs a registry's download redirect (issue 13 point 7)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    endpoint=st.sampled_from(ENDPOINTS),
+    region=st.sampled_from(REGIONS),
+    credentials=st.sampled_from(CREDENTIALS),
+    key=KEYS,
+    now=TIMES,
+    expires_s=st.integers(1, MAX_EXPIRES_S),
+    age_s=st.integers(0, MAX_EXPIRES_S),
+)
+def test_a_botocore_presigned_get_verifies_until_it_expires_and_not_for_another_secret_or_method(
+    botocore_presign: BotoPresigner,
+    endpoint: str,
+    region: str,
+    credentials: Credentials,
+    key: str,
+    now: datetime,
+    expires_s: int,
+    age_s: int,
+) -> None:
+    url = botocore_presign(
+        endpoint,
+        region,
+        credentials,
+        "get_object",
+        {"Bucket": "sregistry", "Key": key},
+        extra={},
+        now=now,
+        expires_s=expires_s,
+    )
+    later = now + timedelta(seconds=age_s)
+    assert verify_presigned_url(url, credentials, method="GET", now=later) is (age_s < expires_s)
+    assert verify_presigned_url(url, credentials, method="GET", now=now - timedelta(seconds=900))
+    assert not verify_presigned_url(url, credentials, method="GET", now=now - timedelta(seconds=901))
+    assert not verify_presigned_url(url, credentials, method="PUT", now=now)
+    other_secret = Credentials(credentials.access_key, credentials.secret_key + "x", credentials.session_token)
+    assert not verify_presigned_url(url, other_secret, method="GET", now=now)
+    other_key = Credentials("AKIDOTHER", credentials.secret_key, credentials.session_token)
+    assert not verify_presigned_url(url, other_key, method="GET", now=now)
+
+
+SIGNED_AT = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+GENUINE = Signer(Credentials("AKIDEXAMPLE", "secret-secret"), "us-east-1").presign(
+    "GET", Endpoint.parse("http://127.0.0.1:9"), "sregistry", "c/n:sha256.ab", now=SIGNED_AT, expires_s=300
+)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        GENUINE.replace("c/n%3Asha256.ab", "c/n%3Asha256.ac"),
+        GENUINE.replace("/sregistry/", "/other/"),
+        GENUINE.replace("127.0.0.1:9", "127.0.0.1:10"),
+        GENUINE + "&extra=1",
+        GENUINE.replace("X-Amz-Expires=300", "X-Amz-Expires=3000"),
+        GENUINE.rsplit("=", 1)[0] + "=" + "0" * 64,
+        GENUINE.rsplit("&X-Amz-Signature", 1)[0],
+        GENUINE + "&X-Amz-Signature=" + "0" * 64,
+        GENUINE + "#fragment",
+        "http://127.0.0.1:9/sregistry/c/n%3Asha256.ab",
+        "http://127.0.0.1:9/sregistry/c/n%3Asha256.ab?X-Amz-Credential=AKIDEXAMPLE&X-Amz-Signature=old",
+        GENUINE.replace("?", "?%FF=1&"),
+        "not a url",
+    ],
+    ids=[
+        "other-key",
+        "other-bucket",
+        "other-host",
+        "added-parameter",
+        "longer-expiry",
+        "forged-signature",
+        "no-signature",
+        "two-signatures",
+        "fragment",
+        "unsigned",
+        "claimed-credential",
+        "bad-utf8",
+        "garbage",
+    ],
+)
+def test_an_altered_or_unsigned_url_does_not_verify(url: str) -> None:
+    credentials = Credentials("AKIDEXAMPLE", "secret-secret")
+    assert verify_presigned_url(GENUINE, credentials, method="GET", now=SIGNED_AT)
+    assert not verify_presigned_url(url, credentials, method="GET", now=SIGNED_AT)
 
 
 @given(st.text(st.characters(codec="utf-8"), max_size=30), st.booleans())
