@@ -111,7 +111,7 @@ class UploadsConfig:
 @dataclass(frozen=True, slots=True)
 class DownloadsConfig:
     url_expiry_seconds: int = 3600
-    redirect_status: Literal["keep", "303"] = "keep"
+    redirect_status: Literal["keep", "303"] = "303"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,10 @@
-"""Pull compatibility beyond sregistry (``downloads.redirect_status = "303"``).
+"""Parallel pulls for every client (``downloads.redirect_status = "303"``, the default).
 
 Apptainer 1.0.0–1.0.2 (library client v1.2.2) pulls in parallel only after a **303** from ``GET v1/imagefile/…``
-and fails on sregistry's 302; later clients take the image size from ``GET v1/images/…`` (it must be > 0) before
-their ranged GETs, and sregistry leaves it null (docs/protocol.md §7). With 303 on, the gateway answers the download
-redirect with 303 (the Location re-signed for the external S3 endpoint as always) and fills in a missing ``size``
-from S3.
+and fails on sregistry's 302; later clients follow a 302 in a single stream, and on a 303 take the image size from
+``GET v1/images/…`` (it must be > 0) before their ranged GETs, while sregistry leaves it null (docs/protocol.md
+§7.1). So the gateway answers a download redirect into its S3 with 303 (the Location re-signed for the external
+S3 endpoint as always) and fills in a missing ``size`` from S3.
 
 Where the object is: the gateway asks the registry itself, with the client's own credentials, for the image's
 download redirect and reads bucket and key from its Location. That is the registry's own answer for exactly this
@@ -46,8 +46,13 @@ class Downloads:
 
     async def answer(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         if path.startswith(IMAGEFILE_PREFIX):
-            return await self.forwarder.forward(request, redirect_status=303)
+            return await self.forwarder.forward(request, redirect_status=self.status_for)
         return await self.image(request)
+
+    def status_for(self, location: str) -> int | None:
+        """303 only for a download in our S3, which answers ranges; a registry that serves the file itself (old
+        sregistry's own download view answers 200 and the whole file to any Range) keeps its status."""
+        return 303 if self.service.s3_location(location) is not None else None
 
     async def image(self, request: web.BaseRequest) -> web.StreamResponse:
         """The image JSON, with ``size`` filled in from S3 where the registry left it empty."""

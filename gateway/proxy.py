@@ -32,6 +32,7 @@ __all__ = [
     "SKIP_AUTO_HEADERS",
     "ForwardingPolicy",
     "Forwarder",
+    "RedirectStatus",
     "UpstreamReply",
     "close_if_body_unread",
     "expects_continue",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("gateway.proxy")
+
+# Given a redirect's upstream Location, the status to answer it with instead (None: the upstream's own).
+RedirectStatus = Callable[[str], int | None]
 
 _HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
 _FORWARDING_BYTES: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
@@ -268,8 +272,11 @@ class Forwarder:
 
     # forwarding
 
-    async def forward(self, request: web.BaseRequest, *, redirect_status: int | None = None) -> web.StreamResponse:
-        """Forward ``request`` and stream the answer back; ``redirect_status`` replaces a redirect's status."""
+    async def forward(
+        self, request: web.BaseRequest, *, redirect_status: RedirectStatus | None = None
+    ) -> web.StreamResponse:
+        """Forward ``request`` and stream the answer back; ``redirect_status``, given the upstream's Location,
+        names the status that replaces a redirect's (None: keep it)."""
         chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
         expect_continue = request.body_exists and expects_continue(request)
         streamed = chunked or expect_continue or (request.content_length or 0) > SMALL_BODY_BYTES
@@ -440,12 +447,19 @@ class Forwarder:
         return headers
 
     async def _respond(
-        self, request: web.BaseRequest, conn: UpstreamConnection, head: ResponseHead, redirect_status: int | None
+        self,
+        request: web.BaseRequest,
+        conn: UpstreamConnection,
+        head: ResponseHead,
+        redirect_status: RedirectStatus | None,
     ) -> web.StreamResponse:
         headers = self.response_headers(head)
         status, reason = head.status, head.reason or None
-        if redirect_status is not None and status in (301, 302, 307, 308) and "Location" in headers:
-            status, reason = redirect_status, None
+        if redirect_status is not None and status in (301, 302, 307, 308):
+            location = CIMultiDict(head.headers).get("Location")
+            replaced = redirect_status(location) if location is not None else None
+            if replaced is not None:
+                status, reason = replaced, None
         if request.method == "HEAD" or status in (204, 304):
             response = web.StreamResponse(status=status, reason=reason, headers=headers)
             self.pool.release(conn)

@@ -1,6 +1,6 @@
-"""Pull compatibility (downloads.redirect_status = "303"): Apptainer 1.0.x's library client (v1.2.2) pulls in
-parallel only after a 303, and fails on sregistry's 302; newer clients need the image's size, which sregistry
-leaves null. Proven with the real client against real S3 through the sregistry fake."""
+"""Pulls (downloads.redirect_status, default "303"): Apptainer 1.0.x's library client (v1.2.2) pulls in parallel
+only after a 303, and fails on sregistry's 302; newer clients need the image's size, which sregistry leaves null.
+Proven with the real client against real S3 through the sregistry fake."""
 
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ async def pushed(stack: Stack, realclient: RealClient, image: Path) -> str:
     return ref
 
 
-async def test_the_1_0_client_pulls_in_parallel_through_a_303(
+async def test_by_default_the_1_0_client_pulls_in_parallel_through_a_303(
     aiohttp_server: Any, s3_server: S3Server, realclient: RealClient, image: Path, tmp_path: Path
 ) -> None:
-    stack = await start_stack(aiohttp_server, s3_server, downloads={"redirect_status": "303"})
+    stack = await start_stack(aiohttp_server, s3_server)
     ref = await pushed(stack, realclient, image)
     out = tmp_path / "pulled.sif"
     result = await realclient.pull(stack.gateway_url, TOKEN, ref, out, concurrent=True)
@@ -47,10 +47,10 @@ async def test_the_1_0_client_pulls_in_parallel_through_a_303(
     assert f"size: {IMAGE_BYTES}, parts: 3, concurrency: 3" in result.stderr
 
 
-async def test_by_default_the_registrys_302_is_kept_which_the_1_0_client_cannot_pull(
+async def test_keep_passes_the_registrys_302_on_which_the_1_0_client_cannot_pull(
     aiohttp_server: Any, seaweedfs: S3Server, realclient: RealClient, image: Path, tmp_path: Path
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs)
+    stack = await start_stack(aiohttp_server, seaweedfs, downloads={"redirect_status": "keep"})
     ref = await pushed(stack, realclient, image)
     result = await realclient.pull(stack.gateway_url, TOKEN, ref, tmp_path / "pulled.sif", concurrent=True)
     assert not result.ok
@@ -59,12 +59,29 @@ async def test_by_default_the_registrys_302_is_kept_which_the_1_0_client_cannot_
     assert single.ok, single.error
 
 
+async def test_a_download_the_registry_serves_itself_keeps_its_status(
+    aiohttp_server: Any, seaweedfs: S3Server, realclient: RealClient, image: Path, tmp_path: Path
+) -> None:
+    """Old sregistry stores and serves the bytes itself, 200 and the whole file to any Range: a 303 would send
+    ranged clients there and corrupt their pull, so only redirects into S3 become 303."""
+    stack = await start_stack(aiohttp_server, seaweedfs, flavour="selfhosted")
+    ref = await pushed(stack, realclient, image)
+    entity_path, _, tag = ref.partition(":")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+        async with session.get(
+            f"{stack.gateway_url}/v1/imagefile/{entity_path}:{tag}?arch=amd64", allow_redirects=False
+        ) as answer:
+            assert answer.status == 302
+            assert answer.headers["Location"].startswith(stack.gateway_url + "/")
+    single = await realclient.pull(stack.gateway_url, TOKEN, ref, tmp_path / "single.sif")
+    assert single.ok, single.error
+    assert (tmp_path / "single.sif").read_bytes() == image.read_bytes()
+
+
 async def test_the_303_redirect_is_a_resigned_get_that_lives_as_configured(
     aiohttp_server: Any, seaweedfs: S3Server, realclient: RealClient, image: Path
 ) -> None:
-    stack = await start_stack(
-        aiohttp_server, seaweedfs, downloads={"redirect_status": "303", "url_expiry_seconds": 7200}
-    )
+    stack = await start_stack(aiohttp_server, seaweedfs, downloads={"url_expiry_seconds": 7200})
     ref = await pushed(stack, realclient, image)
     entity_path, _, tag = ref.partition(":")
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
@@ -83,7 +100,7 @@ async def test_the_303_redirect_is_a_resigned_get_that_lives_as_configured(
 async def test_image_answers_get_their_missing_size_from_s3(
     aiohttp_server: Any, seaweedfs: S3Server, realclient: RealClient, image: Path
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs, downloads={"redirect_status": "303"})
+    stack = await start_stack(aiohttp_server, seaweedfs)
     ref = await pushed(stack, realclient, image)
     entity_path, _, tag = ref.partition(":")
     path = f"/v1/images/{entity_path}:{tag}?arch=amd64"
