@@ -9,8 +9,9 @@ S3 endpoint as always) and fills in a missing ``size`` from S3.
 Where the object is: the gateway asks the registry itself, with the client's own credentials, for the image's
 download redirect and reads bucket and key from its Location. That is the registry's own answer for exactly this
 image, tag and caller, whatever its bucket, key layout or visibility rules, instead of a guess from the image JSON
-(sregistry's key scheme and bucket are its own business). It costs one more registry call per image lookup whose
-size is missing; a failure there leaves the size as the registry sent it.
+(sregistry's key scheme and bucket are its own business). It costs one more registry call and one S3 HeadObject
+per image lookup whose size is missing. Where the size cannot be learned (the registry or S3 failing, no object
+behind a tagged image) the lookup is answered 502/503/504 with the reason, never passed on with the 0.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any, Final
+from urllib.parse import unquote
 
 from aiohttp import web
 
-from .errors import GatewayError
+from .errors import GatewayError, StorageUnavailable, UpstreamUnavailable
 from .proxy import Forwarder, UpstreamReply
 from .s3 import S3Error
 from .service import UploadService
@@ -55,7 +57,7 @@ class Downloads:
         return 303 if self.service.s3_location(location) is not None else None
 
     async def image(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The image JSON, with ``size`` filled in from S3 where the registry left it empty."""
+        """The image JSON, with ``size`` filled in from S3 where the registry left it missing, null or 0."""
         reply = await self.forwarder.fetch(request, request.raw_path)
         document = _json_object(reply) if reply.status == 200 else None
         data = document.get("data") if document is not None else None
@@ -68,13 +70,21 @@ class Downloads:
         return _passthrough(reply, json.dumps(document, separators=(",", ":")).encode())
 
     async def object_size(self, request: web.BaseRequest) -> int | None:
-        """The size of the object the registry's download redirect for this image points at, if it is in our S3."""
-        imagefile = IMAGEFILE_PREFIX + request.raw_path[len(IMAGE_PREFIX) :]
+        """The size of the object the registry's download redirect for this image points at in our S3.
+
+        None where there is nothing of ours to size, and the registry's answer goes out as it is: a download that
+        is not a redirect into our S3 (it keeps its status, so no client reads ``size`` for it), or a
+        ``…:sha256.<hex>`` image with no object yet (every push asks for one before it uploads; sregistry answers
+        with a new, empty row). Raises a 502/503/504 GatewayError where the size exists but cannot be learned, or
+        a tagged image has no object: v1.4.x clients would fail on the 0 with a less clear message.
+        """
+        image_path = request.raw_path[len(IMAGE_PREFIX) :]
         try:
-            redirect = await self.forwarder.fetch(request, imagefile, rewrite_location=False)
+            redirect = await self.forwarder.fetch(request, IMAGEFILE_PREFIX + image_path, rewrite_location=False)
         except GatewayError as exc:
-            log.warning("image size: registry redirect failed: %s", exc.message)
-            return None
+            raise type(exc)(f"image size unknown: asking the registry for its download failed: {exc.message}") from exc
+        if redirect.status >= 500:
+            raise UpstreamUnavailable(f"image size unknown: the registry answered its download with {redirect.status}")
         location = redirect.headers.get("Location") if redirect.status in REDIRECTS else None
         target = self.service.s3_location(location) if location else None
         if target is None:
@@ -83,8 +93,21 @@ class Downloads:
             info = await self.service.s3.head_object(target.bucket, target.key)
         except S3Error as exc:
             log.warning("image size: S3 HeadObject failed: %s", exc)
+            raise StorageUnavailable(f"image size unknown: S3 HeadObject failed: {exc}; retry") from exc
+        if info is not None and info.size > 0:
+            return info.size
+        if _pushes_ask_for_it(image_path):
             return None
-        return info.size if info is not None and info.size > 0 else None
+        raise UpstreamUnavailable(
+            f"image size unknown: the registry's download for this image, s3://{target.bucket}/{target.key}, "
+            + ("is empty" if info is not None else "is not in S3")
+        )
+
+
+def _pushes_ask_for_it(image_path: str) -> bool:
+    """``e/c/n:sha256.<hex>?arch=…``: the reference every push looks up before its upload."""
+    reference = unquote(image_path.partition("?")[0])
+    return reference.rpartition(":")[2].startswith("sha256.")
 
 
 def _json_object(reply: UpstreamReply) -> dict[str, Any] | None:

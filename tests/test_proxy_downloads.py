@@ -11,10 +11,24 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from gateway.app import Gateway
 from tests.realclient import RealClient
-from tests.s3servers import S3Server
-from tests.stack import MIB, TOKEN, USER, Stack, start_stack, unique_ref
+from tests.registry import make_registry_app
+from tests.s3_fixtures import BUCKET
+from tests.s3servers import RadosGW, S3Server
+from tests.stack import (
+    MIB,
+    TOKEN,
+    USER,
+    Stack,
+    free_port,
+    registry_settings,
+    stack_config,
+    start_stack,
+    unique_ref,
+)
 
 IMAGE_BYTES = 12 * MIB + 345  # three 5 MiB ranges after the probe, the last one short
 
@@ -97,20 +111,98 @@ async def test_the_303_redirect_is_a_resigned_get_that_lives_as_configured(
             assert probe.headers["Content-Range"] == f"bytes 0-1023/{IMAGE_BYTES}"
 
 
+async def image_json(url: str) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session,
+        session.get(url) as answer,
+    ):
+        return answer.status, await answer.json(content_type=None)
+
+
+def image_path(ref: str) -> str:
+    entity_path, _, tag = ref.partition(":")
+    return f"/v1/images/{entity_path}:{tag}?arch=amd64"
+
+
+@pytest.mark.parametrize("unknown", ["null", "zero", "absent"])
 async def test_image_answers_get_their_missing_size_from_s3(
+    aiohttp_server: Any, s3_server: S3Server, realclient: RealClient, image: Path, unknown: str
+) -> None:
+    stack = await start_stack(aiohttp_server, s3_server, registry_settings={"unknown_image_size": unknown})
+    ref = await pushed(stack, realclient, image)
+    path = image_path(ref)
+    _, direct = await image_json(stack.registry_url + path)
+    said = {"null": None, "zero": 0, "absent": "no size"}[unknown]
+    assert direct["data"].get("size", "no size") == said  # what the registry says (sregistry: null)
+    status, through = await image_json(stack.gateway_url + path)
+    assert status == 200
+    assert through["data"]["size"] == IMAGE_BYTES
+    assert through["data"]["hash"] == "sha256." + hashlib.sha256(image.read_bytes()).hexdigest()
+    missing, _ = await image_json(stack.gateway_url + "/v1/images/nobody/none/nothing:v1")
+    assert missing == 404
+
+
+async def test_a_size_s3_cannot_tell_is_a_503_not_a_0(
+    aiohttp_server: Any, radosgw: RadosGW, realclient: RealClient, image: Path
+) -> None:
+    stack = await start_stack(aiohttp_server, radosgw)
+    ref = await pushed(stack, realclient, image)
+    radosgw.stop_serving()
+    try:
+        status, answer = await image_json(stack.gateway_url + image_path(ref))
+    finally:
+        radosgw.start_serving()
+    assert status == 503, answer
+    assert answer["error"]["code"] == 503
+    assert "image size unknown: S3 HeadObject failed" in answer["error"]["message"]
+
+
+async def test_a_tagged_image_without_its_object_is_a_502_while_a_push_still_finds_its_new_row(
     aiohttp_server: Any, seaweedfs: S3Server, realclient: RealClient, image: Path
 ) -> None:
     stack = await start_stack(aiohttp_server, seaweedfs)
     ref = await pushed(stack, realclient, image)
-    entity_path, _, tag = ref.partition(":")
-    path = f"/v1/images/{entity_path}:{tag}?arch=amd64"
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
-        async with session.get(stack.registry_url + path) as direct:
-            assert (await direct.json())["data"]["size"] is None  # what sregistry says
-        async with session.get(stack.gateway_url + path) as through:
-            assert through.status == 200
-            data = (await through.json())["data"]
-        async with session.get(stack.gateway_url + "/v1/images/nobody/none/nothing:v1") as missing:
-            assert missing.status == 404
-    assert data["size"] == IMAGE_BYTES
-    assert data["hash"] == "sha256." + hashlib.sha256(image.read_bytes()).hexdigest()
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    _, collection, container = ref.partition(":")[0].split("/")
+    s3 = seaweedfs.botocore_client()
+    try:
+        s3.delete_object(Bucket=BUCKET, Key=f"{collection}/{container}:sha256.{sha}")
+    finally:
+        s3.close()
+    status, answer = await image_json(stack.gateway_url + image_path(ref))
+    assert status == 502, answer
+    assert "image size unknown" in answer["error"]["message"]
+    assert "is not in S3" in answer["error"]["message"]
+    # The lookup every push makes before it uploads: sregistry answers it with a new, empty row.
+    status, answer = await image_json(f"{stack.gateway_url}/v1/images/{USER}/{collection}/{container}:sha256.{sha}")
+    assert status == 200, answer
+    assert answer["data"]["size"] is None
+    again = await realclient.push(stack.gateway_url, TOKEN, image, ref)
+    assert again.ok, again.error
+
+
+async def test_a_registry_failing_its_download_answer_is_a_502_not_a_0(
+    aiohttp_server: Any, seaweedfs: S3Server, realclient: RealClient, image: Path
+) -> None:
+    failing = {"imagefile": False}
+
+    @web.middleware
+    async def fail_downloads(request: web.Request, handler: Any) -> web.StreamResponse:
+        if failing["imagefile"] and request.path.startswith("/v1/imagefile/"):
+            return web.Response(status=500, text="Server Error (500)")
+        return await handler(request)  # type: ignore[no-any-return]
+
+    registry_port, gateway_port = free_port(), free_port()
+    registry_url = f"http://127.0.0.1:{registry_port}"
+    registry = make_registry_app(registry_settings(seaweedfs, registry_url))
+    registry.middlewares.append(fail_downloads)
+    await aiohttp_server(registry, port=registry_port)
+    config = stack_config(seaweedfs, registry_url=registry_url, gateway_port=gateway_port)
+    gateway = Gateway(config)
+    await aiohttp_server(gateway, port=gateway_port)
+    stack = Stack(seaweedfs, registry, registry_url, gateway, f"http://127.0.0.1:{gateway_port}", config)
+    ref = await pushed(stack, realclient, image)
+    failing["imagefile"] = True
+    status, answer = await image_json(stack.gateway_url + image_path(ref))
+    assert status == 502, answer
+    assert answer["error"]["message"] == "image size unknown: the registry answered its download with 500"
