@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from .sigv4 import MAX_EXPIRES_S, Endpoint
 
 __all__ = [
+    "DEFAULT_DOWNLOAD_EXPIRY_S",
     "DEFAULT_IMAGE_ID_PATTERN",
     "MAX_PART_SIZE",
     "MIN_PART_SIZE",
@@ -40,6 +41,12 @@ MAX_PART_SIZE = 5 * 1024 * MIB  # S3: any part
 ENV_PREFIX = "GATEWAY_"
 # sregistry's ids: SQLite/PostgreSQL integer keys from 1; up to 18 digits always fits a signed 64-bit INTEGER.
 DEFAULT_IMAGE_ID_PATTERN = "[1-9][0-9]{0,17}"
+# Download redirects must outlive a whole pull: clients take every ranged GET from the one URL they were given, do
+# not check each answer's status, and S3 checks expiry when each GET arrives (docs/protocol.md §7.1). Sized for the
+# largest image pulled over a slow link, rounded up to whole hours: 64 GiB at 10 Mbit/s is 54,976 s, so 16 h.
+LARGEST_PULL_BYTES = 64 * 1024 * MIB
+SLOW_LINK_BYTES_PER_S = 10_000_000 // 8
+DEFAULT_DOWNLOAD_EXPIRY_S = -(-LARGEST_PULL_BYTES // (SLOW_LINK_BYTES_PER_S * 3600)) * 3600
 SECRET_KEYS = frozenset({"s3.secret_key", "uploads.token_secret", "uploads.previous_token_secrets"})
 
 
@@ -110,7 +117,7 @@ class UploadsConfig:
 
 @dataclass(frozen=True, slots=True)
 class DownloadsConfig:
-    url_expiry_seconds: int = 3600
+    url_expiry_seconds: int = DEFAULT_DOWNLOAD_EXPIRY_S
     redirect_status: Literal["keep", "303"] = "303"
 
 

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import Gateway
+from gateway.config import DEFAULT_DOWNLOAD_EXPIRY_S
 from tests.realclient import RealClient
 from tests.registry import make_registry_app
 from tests.s3_fixtures import BUCKET
@@ -59,6 +60,8 @@ async def test_by_default_the_1_0_client_pulls_in_parallel_through_a_303(
     assert out.read_bytes() == image.read_bytes()
     # The library's own debug line, printed only on the 303 path before its ranged GETs.
     assert f"size: {IMAGE_BYTES}, parts: 3, concurrency: 3" in result.stderr
+    # Each ranged GET went out on a URL that lives as long as a 64 GiB pull at 10 Mbit/s, which S3 accepted.
+    assert f"X-Amz-Expires={DEFAULT_DOWNLOAD_EXPIRY_S}&" in result.stderr
 
 
 async def test_keep_passes_the_registrys_302_on_which_the_1_0_client_cannot_pull(
