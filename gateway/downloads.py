@@ -82,7 +82,8 @@ class Downloads:
         try:
             redirect = await self.forwarder.fetch(request, IMAGEFILE_PREFIX + image_path, rewrite_location=False)
         except GatewayError as exc:
-            raise type(exc)(f"image size unknown: asking the registry for its download failed: {exc.message}") from exc
+            message = f"image size unknown: asking the registry for its download failed: {exc.message}"
+            raise type(exc)(message, status=exc.status) from exc
         if redirect.status >= 500:
             raise UpstreamUnavailable(f"image size unknown: the registry answered its download with {redirect.status}")
         location = redirect.headers.get("Location") if redirect.status in REDIRECTS else None
