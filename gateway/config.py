@@ -22,6 +22,7 @@ from .plan import MAX_PART_SIZE, MIN_PART_SIZE
 from .sigv4 import MAX_EXPIRES_S, Endpoint
 
 __all__ = [
+    "DEFAULT_DOWNLOAD_EXPIRY_S",
     "DEFAULT_IMAGE_ID_PATTERN",
     "Config",
     "ConfigError",
@@ -39,6 +40,12 @@ MIB = 1024 * 1024
 ENV_PREFIX = "GATEWAY_"
 # sregistry's ids: SQLite/PostgreSQL integer keys from 1; up to 18 digits always fits a signed 64-bit INTEGER.
 DEFAULT_IMAGE_ID_PATTERN = "[1-9][0-9]{0,17}"
+# Download redirects must outlive a whole pull: clients take every ranged GET from the one URL they were given, do
+# not check each answer's status, and S3 checks expiry when each GET arrives (docs/protocol.md §7.1). Sized for the
+# largest image pulled over a slow link, rounded up to whole hours: 64 GiB at 10 Mbit/s is 54,976 s, so 16 h.
+LARGEST_PULL_BYTES = 64 * 1024 * MIB
+SLOW_LINK_BYTES_PER_S = 10_000_000 // 8
+DEFAULT_DOWNLOAD_EXPIRY_S = -(-LARGEST_PULL_BYTES // (SLOW_LINK_BYTES_PER_S * 3600)) * 3600
 SECRET_KEYS = frozenset({"s3.secret_key", "uploads.token_secret", "uploads.previous_token_secrets"})
 # A token secret's estimated entropy (secret_bits) must reach this. 16 random hex characters estimate 32 bits or
 # more but about once in 10^9 draws (16 random digits: once in 2·10^5); "abab…", "passwordpassword",
@@ -113,8 +120,8 @@ class UploadsConfig:
 
 @dataclass(frozen=True, slots=True)
 class DownloadsConfig:
-    url_expiry_seconds: int = 3600
-    redirect_status: Literal["keep", "303"] = "keep"
+    url_expiry_seconds: int = DEFAULT_DOWNLOAD_EXPIRY_S
+    redirect_status: Literal["keep", "303"] = "303"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,17 @@
-"""Pull compatibility beyond sregistry (``downloads.redirect_status = "303"``).
+"""Parallel pulls for every client (``downloads.redirect_status = "303"``, the default).
 
 Apptainer 1.0.0–1.0.2 (library client v1.2.2) pulls in parallel only after a **303** from ``GET v1/imagefile/…``
-and fails on sregistry's 302; later clients take the image size from ``GET v1/images/…`` (it must be > 0) before
-their ranged GETs, and sregistry leaves it null (docs/protocol.md §7). With 303 on, the gateway answers the download
-redirect with 303 (the Location re-signed for the external S3 endpoint when the registry signed it) and fills in
-a missing ``size`` from S3.
+and fails on sregistry's 302; later clients follow a 302 in a single stream, and on a 303 take the image size from
+``GET v1/images/…`` (it must be > 0) before their ranged GETs, while sregistry leaves it null (docs/protocol.md
+§7.1). So the gateway answers a download redirect into its S3 with 303 (the Location re-signed for the external
+S3 endpoint when the registry signed it) and fills in a missing ``size`` from S3.
 
 Where the object is: the gateway asks the registry itself, with the client's own credentials, for the image's
 download redirect and reads bucket and key from its Location. That is the registry's own answer for exactly this
 image, tag and caller, whatever its bucket, key layout or visibility rules, instead of a guess from the image JSON
-(sregistry's key scheme and bucket are its own business). It costs one more registry call per image lookup whose
-size is missing; a failure there leaves the size as the registry sent it.
+(sregistry's key scheme and bucket are its own business). It costs one more registry call and one S3 HeadObject
+per image lookup whose size is missing. Where the size cannot be learned (the registry or S3 failing, no object
+behind a tagged image) the lookup is answered 502/503/504 with the reason, never passed on with the 0.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any, Final
+from urllib.parse import unquote
 
 from aiohttp import web
 
-from .errors import GatewayError
+from .errors import GatewayError, StorageUnavailable, UpstreamUnavailable
 from .proxy import Forwarder, UpstreamReply
 from .s3 import S3Error
 from .service import UploadService
@@ -42,17 +44,27 @@ class Downloads:
         self.enabled = service.config.downloads.redirect_status == "303"
 
     def handles(self, method: str, path: str) -> bool:
-        return self.enabled and method == "GET" and path.startswith((IMAGEFILE_PREFIX, IMAGE_PREFIX))
+        if not self.enabled:
+            return False
+        if path.startswith(IMAGEFILE_PREFIX):
+            return method in ("GET", "HEAD")  # a HEAD gets the same redirect as the GET it stands for
+        return method == "GET" and path.startswith(IMAGE_PREFIX)
 
     async def answer(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         if path.startswith(IMAGEFILE_PREFIX):
             return await self.forwarder.forward(
-                request, redirect_status=303, rewrite_location=self.service.download_location
+                request, redirect_status=self.status_for, rewrite_location=self.service.download_location
             )
         return await self.image(request)
 
+    def status_for(self, location: str) -> int | None:
+        """303 only for a download in our S3 that the gateway re-signs (S3 answers ranges); a Location passed on
+        unchanged keeps its status too, as does a registry that serves the file itself (old sregistry's own download
+        view answers 200 and the whole file to any Range)."""
+        return 303 if self.service.justified_download(location) is not None else None
+
     async def image(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The image JSON, with ``size`` filled in from S3 where the registry left it empty."""
+        """The image JSON, with ``size`` filled in from S3 where the registry left it missing, null or 0."""
         reply = await self.forwarder.fetch(request, request.raw_path)
         document = _json_object(reply) if reply.status == 200 else None
         data = document.get("data") if document is not None else None
@@ -65,13 +77,22 @@ class Downloads:
         return _passthrough(reply, json.dumps(document, separators=(",", ":")).encode())
 
     async def object_size(self, request: web.BaseRequest) -> int | None:
-        """The size of the object the registry's download redirect for this image points at, if it is in our S3."""
-        imagefile = IMAGEFILE_PREFIX + request.raw_path[len(IMAGE_PREFIX) :]
+        """The size of the object the registry's download redirect for this image points at in our S3.
+
+        None where there is nothing of ours to size, and the registry's answer goes out as it is: a download that
+        is not a redirect into our S3 (it keeps its status, so no client reads ``size`` for it), or a
+        ``…:sha256.<hex>`` image with no object yet (every push asks for one before it uploads; sregistry answers
+        with a new, empty row). Raises a 502/503/504 GatewayError where the size exists but cannot be learned, or
+        a tagged image has no object: v1.4.x clients would fail on the 0 with a less clear message.
+        """
+        image_path = request.raw_path[len(IMAGE_PREFIX) :]
         try:
-            redirect = await self.forwarder.fetch(request, imagefile, rewrite_location=False)
+            redirect = await self.forwarder.fetch(request, IMAGEFILE_PREFIX + image_path, rewrite_location=False)
         except GatewayError as exc:
-            log.warning("image size: registry redirect failed: %s", exc.message)
-            return None
+            message = f"image size unknown: asking the registry for its download failed: {exc.message}"
+            raise type(exc)(message, status=exc.status) from exc
+        if redirect.status >= 500:
+            raise UpstreamUnavailable(f"image size unknown: the registry answered its download with {redirect.status}")
         location = redirect.headers.get("Location") if redirect.status in REDIRECTS else None
         # Only an object the registry granted this caller (the same test as re-signing its redirect).
         target = self.service.justified_download(location) if location else None
@@ -81,8 +102,21 @@ class Downloads:
             info = await self.service.s3.head_object(target.bucket, target.key)
         except S3Error as exc:
             log.warning("image size: S3 HeadObject failed: %s", exc)
+            raise StorageUnavailable(f"image size unknown: S3 HeadObject failed: {exc}; retry") from exc
+        if info is not None and info.size > 0:
+            return info.size
+        if _pushes_ask_for_it(image_path):
             return None
-        return info.size if info is not None and info.size > 0 else None
+        raise UpstreamUnavailable(
+            f"image size unknown: the registry's download for this image, s3://{target.bucket}/{target.key}, "
+            + ("is empty" if info is not None else "is not in S3")
+        )
+
+
+def _pushes_ask_for_it(image_path: str) -> bool:
+    """``e/c/n:sha256.<hex>?arch=…``: the reference every push looks up before its upload."""
+    reference = unquote(image_path.partition("?")[0])
+    return reference.rpartition(":")[2].startswith("sha256.")
 
 
 def _json_object(reply: UpstreamReply) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ __all__ = [
     "SKIP_AUTO_HEADERS",
     "ForwardingPolicy",
     "Forwarder",
+    "RedirectStatus",
     "UpstreamReply",
     "close_if_body_unread",
     "expects_continue",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("gateway.proxy")
+
+# Given a redirect's upstream Location, the status to answer it with instead (None: the upstream's own).
+RedirectStatus = Callable[[str], int | None]
 
 _HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
 _FORWARDING_BYTES: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
@@ -274,11 +278,12 @@ class Forwarder:
         self,
         request: web.BaseRequest,
         *,
-        redirect_status: int | None = None,
+        redirect_status: RedirectStatus | None = None,
         rewrite_location: LocationRewrite | None = None,
     ) -> web.StreamResponse:
-        """Forward ``request`` and stream the answer back; ``redirect_status`` replaces a redirect's status,
-        ``rewrite_location`` the forwarder's own rewrite of the answer's Location (the download route's)."""
+        """Forward ``request`` and stream the answer back; ``redirect_status``, given the upstream's Location,
+        names the status that replaces a redirect's (None: keep it); ``rewrite_location`` replaces the forwarder's
+        own rewrite of the answer's Location (the download route's)."""
         chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
         expect_continue = request.body_exists and expects_continue(request)
         streamed = chunked or expect_continue or (request.content_length or 0) > SMALL_BODY_BYTES
@@ -453,15 +458,18 @@ class Forwarder:
         request: web.BaseRequest,
         conn: UpstreamConnection,
         head: ResponseHead,
-        redirect_status: int | None,
+        redirect_status: RedirectStatus | None,
         rewrite_location: LocationRewrite | None,
     ) -> web.StreamResponse:
         headers = self.response_headers(head, rewrite_location=rewrite_location)
         if request_id := REQUEST_ID.get():  # a streamed answer is sent before the handler's end could add it
             headers["X-Request-Id"] = request_id
         status, reason = head.status, head.reason or None
-        if redirect_status is not None and status in (301, 302, 307, 308) and "Location" in headers:
-            status, reason = redirect_status, None
+        if redirect_status is not None and status in (301, 302, 307, 308):
+            location = CIMultiDict(head.headers).get("Location")
+            replaced = redirect_status(location) if location is not None else None
+            if replaced is not None:
+                status, reason = replaced, None
         if request.method == "HEAD" or status in (204, 304):
             response = web.StreamResponse(status=status, reason=reason, headers=headers)
             self.pool.release(conn)

@@ -53,6 +53,14 @@ def test_no_file_means_defaults_plus_environment() -> None:
     assert config.server.listen == "127.0.0.1:8080"
 
 
+def test_download_urls_outlive_a_pull_of_a_64_gib_image_at_10_mbit_s_and_stay_within_s3s_7_days() -> None:
+    """Clients take every ranged GET of a pull from one URL and do not check the answers (docs/protocol.md §7.1)."""
+    expiry = load_config(None, GOOD_ENV).downloads.url_expiry_seconds  # validated like any config
+    assert expiry * 10_000_000 / 8 >= 64 * 1024**3
+    assert expiry <= 7 * 24 * 3600
+    assert f"\nurl_expiry_seconds = {expiry} " in EXAMPLE.read_text()
+
+
 @pytest.mark.parametrize(
     ("toml", "env", "expected"),
     [
@@ -71,6 +79,8 @@ def test_no_file_means_defaults_plus_environment() -> None:
         ("", {"GATEWAY_UPLOADS_PART_SIZE": "big"}, "uploads.part_size: expected a number"),
         ('[uploads]\nmode = "copy"\n', {}, "uploads.mode: expected one of auto | adopt | relay"),
         ("[uploads]\nurl_expiry_seconds = 604801\n", {}, "uploads.url_expiry_seconds: must be within"),
+        ("[downloads]\nurl_expiry_seconds = 604801\n", {}, "downloads.url_expiry_seconds: must be within"),
+        ("[downloads]\nurl_expiry_seconds = 0\n", {}, "downloads.url_expiry_seconds: must be within"),
         ("[uploads]\ntoken_ttl_seconds = -1\n", {}, "uploads.token_ttl_seconds: must be positive"),
         ('[uploads]\nimage_id_pattern = "[0-9"\n', {}, "uploads.image_id_pattern: not a regular expression"),
         ('[uploads]\nimage_id_pattern = ""\n', {}, "uploads.image_id_pattern: must not be empty"),

@@ -87,9 +87,7 @@ ROUTES: tuple[Route, ...] = (
         rate_limited=("GET",),
     ),
     route("GetImageView", r"^v1/images/(?P<name>.+?)/?$", {"GET": views.get_image}, rate_limited=("GET",)),
-    route(
-        "DownloadImageView", r"^v1/imagefile/(?P<name>.+?)/?$", {"GET": views.download_image}, rate_limited=("GET",)
-    ),
+    route("DownloadImageView", r"^v1/imagefile/(?P<name>.+?)/?$", {"GET": views.download_image}, rate_limited=("GET",)),
     route(
         "CompletePushImageFileView",
         r"^v2/imagefile/(?P<container_id>.+?)/_complete?$",
@@ -260,8 +258,7 @@ async def fake_log_clear(request: web.Request) -> web.StreamResponse:
 async def fake_state(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     collections = [
-        {"id": c.id, "name": c.name, "owner": c.owner.name, "private": c.private}
-        for c in state.collections.values()
+        {"id": c.id, "name": c.name, "owner": c.owner.name, "private": c.private} for c in state.collections.values()
     ]
     images = [
         {

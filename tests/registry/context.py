@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -47,6 +48,14 @@ class Registry:
         if image.file_path is not None and image.file_path.exists():
             return image.file_path.stat().st_size
         return None
+
+    def with_unknown_size(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        """The image reply with a null size written as the settings say."""
+        if metadata["size"] is None and self.settings.unknown_image_size == "zero":
+            return metadata | {"size": 0}
+        if metadata["size"] is None and self.settings.unknown_image_size == "absent":
+            return {key: value for key, value in metadata.items() if key != "size"}
+        return metadata
 
     def image_by_id(self, raw_id: str) -> Image | None:
         """Container.objects.get(id=raw_id): a non-integer id raises ValueError, i.e. a 500 (pitfall G4), and so

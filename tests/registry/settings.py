@@ -46,6 +46,9 @@ class RegistrySettings:
     # sregistry reports size from metadata that library pushes never set, so "size" is null.
     # True: report the stored object's size in bytes (S3 HEAD on the internal endpoint, or the file size).
     report_image_size: bool = False
+    # How an unreported size is written: sregistry's null; "zero" and "absent" are the other ways library servers
+    # say "unknown" (clients read all three as 0).
+    unknown_image_size: Literal["null", "zero", "absent"] = "null"
     # uWSGI --http-socket: a POST/PUT whose body the view did not read leaves a dead pooled connection.
     # Emulated deterministically: the next request on that connection is reset.
     close_after_unread_body: bool = False

@@ -255,7 +255,9 @@ async def push_image(
     # The arch is set on the unsaved instance: it shows in this reply only.
     arch = request.query.get("arch") or "amd64"
     size = await registry.image_size(image)
-    return drf_json({"data": shapes.container_metadata(image, registry.state, arch=arch, size=size)})
+    return drf_json(
+        {"data": registry.with_unknown_size(shapes.container_metadata(image, registry.state, arch=arch, size=size))}
+    )
 
 
 def find_image(registry: Registry, reference: str) -> Image | None:
@@ -269,9 +271,7 @@ def find_image(registry: Registry, reference: str) -> Image | None:
     if collection is None:
         return None
     tag = tag or "latest"
-    candidates = sorted(
-        (i for i in registry.state.images_in(collection) if i.name == image_name), key=lambda i: i.id
-    )
+    candidates = sorted((i for i in registry.state.images_in(collection) if i.name == image_name), key=lambda i: i.id)
     if tag.startswith("sha256"):
         return next((i for i in candidates if i.version == tag), None)
     return next((i for i in candidates if i.tag == tag), None)
@@ -294,7 +294,7 @@ async def get_image(request: web.Request, name: str) -> web.StreamResponse:
     if not may_pull(registry, request, image.collection):
         return drf_empty(404)
     size = await registry.image_size(image)
-    return drf_json({"data": shapes.container_metadata(image, registry.state, size=size)})
+    return drf_json({"data": registry.with_unknown_size(shapes.container_metadata(image, registry.state, size=size))})
 
 
 async def download_image(request: web.Request, name: str) -> web.StreamResponse:
