@@ -191,7 +191,9 @@ class GatewayRunner(web.BaseRunner):
         # aiohttp's own default keeps an idle client connection 3630 s; the deploy templates assume 75 s.
         keepalive = {"keepalive_timeout": server.keepalive_seconds}
         limits = ConnectionLimits(
-            header_timeout_s=server.header_timeout_seconds, max_connections=server.max_connections
+            header_timeout_s=server.header_timeout_seconds,
+            max_connections=server.max_connections,
+            write_timeout_s=server.client_write_timeout_seconds,
         )
         return GatewayServer(
             self.gateway.handle,

@@ -85,7 +85,7 @@ class Metrics:
         self.s3_errors = Counter("gateway_s3_errors_total", "S3 calls that failed, by kind.")
         self.connections_closed = Counter(
             "gateway_client_connections_closed_total",
-            "Client connections the gateway closed or refused, by reason (header_timeout, refused).",
+            "Client connections the gateway closed or refused, by reason (header_timeout, write_timeout, refused).",
         )
 
     def answered(self, route: str, status: str, elapsed_s: float) -> None:

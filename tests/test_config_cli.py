@@ -74,6 +74,7 @@ def test_no_file_means_defaults_plus_environment() -> None:
         ('[uploads]\nimage_id_pattern = ""\n', {}, "uploads.image_id_pattern: must not be empty"),
         ('[server]\nlisten = "8080"\n', {}, "server.listen: expected host:port"),
         ("[server]\nheader_timeout_seconds = 0\n", {}, "server.header_timeout_seconds: must be positive"),
+        ("[server]\nclient_write_timeout_seconds = -1\n", {}, "server.client_write_timeout_seconds: must be positive"),
         ("", {"GATEWAY_SERVER_MAX_CONNECTIONS": "0"}, "server.max_connections: must be positive"),
         ("[server]\nmax_connections = 1.5\n", {}, "server.max_connections: expected an integer"),
         ("", {"GATEWAY_S3_VERIFY_TLS": "maybe"}, "s3.verify_tls: expected true or false"),

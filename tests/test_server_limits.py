@@ -6,11 +6,20 @@ Loopback only; every wait is bounded, and no assertion is about how long somethi
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import json
+import socket
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
 
 from gateway.app import Gateway
 from tests.gateway_fixtures import gateway_config
+from tests.registry import RegistrySettings, make_registry_app
 from tests.stack import free_port
 
 HEALTHZ = b"GET /_gateway/healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -142,3 +151,123 @@ async def _metrics_on_any(port: int) -> str:
     # Reading metrics takes a connection too: wait until the last one is gone and there is room again.
     assert await _answered_on_a_new_connection(port)
     return await _metrics(port)
+
+
+# -- point 4: clients that never read a large forwarded download ------------------------------------------------
+
+ALICE = hashlib.sha1(b"alice").hexdigest()
+AUTH = {"Authorization": f"BEARER {ALICE}"}
+DOWNLOAD_BYTES = 64 * 1024 * 1024  # far more than the socket buffers and queues between the registry and a client
+STALLED = 20
+POOL = 4
+
+
+async def selfhosted_download(aiohttp_server: Any, tmp_path: Path) -> tuple[Any, str]:
+    """The sregistry fake (selfhosted: it serves image bytes itself) with one large image; returns the registry's
+    server and the image's download path, which the gateway forwards."""
+    settings = RegistrySettings(flavour="selfhosted", users={ALICE: "alice"}, storage_dir=tmp_path)
+    registry = await aiohttp_server(make_registry_app(settings))
+    async with aiohttp.ClientSession(str(registry.make_url(""))) as client:
+
+        async def call(method: str, path: str, payload: Any) -> Any:
+            body = json.dumps(payload).encode()
+            async with client.request(
+                method, path, data=body, headers=AUTH, skip_auto_headers=["Content-Type"]
+            ) as reply:
+                assert reply.status == 200, await reply.text()
+                return json.loads(await reply.read() or b'{"data":null}')["data"]
+
+        entity = (await (await client.get("/v1/entities/alice", headers=AUTH)).json())["data"]
+        collection = await call("POST", "/v1/collections", {"name": "big", "entity": entity["id"]})
+        sha = "0" * 64
+        async with client.get(f"/v1/images/alice/big/n:sha256.{sha}?arch=amd64", headers=AUTH) as reply:
+            image = (await reply.json())["data"]
+        upload_url = (await call("POST", f"/v2/imagefile/{image['id']}", {}))["uploadURL"]
+        block = b"\x5a" * (1024 * 1024)
+        image_bytes = io.BytesIO(block * (DOWNLOAD_BYTES // len(block)))
+        put = await client.put(urlsplit(upload_url).path, data=image_bytes)
+        assert put.status == 200
+        await call("POST", f"/v1/tags/{collection['id']}", {"Tag": "latest", "ImageID": image["id"]})
+        async with client.get("/v1/imagefile/alice/big/n:latest", allow_redirects=False) as reply:
+            assert reply.status == 302
+            return registry, urlsplit(reply.headers["Location"]).path
+
+
+Stalled = tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]  # the answer's head, and the connection
+
+
+async def never_reading_client(port: int, path: str) -> Stalled:
+    """A client that asks for ``path``, reads the answer's head (so the gateway is streaming), then nothing more."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the stall reaches the gateway soon
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND_S), reader, writer
+
+
+async def stall(port: int, path: str) -> list[Stalled]:
+    return list(await asyncio.gather(*(never_reading_client(port, path) for _ in range(STALLED))))
+
+
+def stalled_gateway(registry: Any, **server: Any) -> Gateway:
+    config = gateway_config(
+        upstream_url=str(registry.make_url("")),
+        # A small pool, and a short wait for a free connection: a starved call fails fast (504) instead of hanging.
+        upstream={"pool_size": POOL, "connect_timeout_seconds": 2.0},
+        server=server,
+    )
+    return Gateway(config)
+
+
+async def test_never_reading_clients_of_a_large_download_do_not_starve_small_calls_and_discovery(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    registry, download = await selfhosted_download(aiohttp_server, tmp_path)
+    gateway = stalled_gateway(registry, client_write_timeout_seconds=3600)  # the stalls last the whole test
+    server = await aiohttp_server(gateway)
+    stalled = await stall(server.port, download)  # 5x the pool
+    try:
+        async with aiohttp.ClientSession(str(server.make_url(""))) as session:
+            for _ in range(3):
+                async with session.get("/version") as reply:
+                    assert reply.status == 200, await reply.text()
+                    assert (await reply.json())["data"]["apiVersion"]
+                async with session.get("/assets/config/config.prod.json") as reply:
+                    assert reply.status == 200, await reply.text()
+                    assert (await reply.json())["libraryAPI"]["uri"] == gateway.config.server.public_url
+        # Every download got its answer and is still stalled, each on an upstream connection outside the pool's count.
+        assert all(head.startswith(b"HTTP/1.1 200") for head, _, _ in stalled)
+        assert gateway.handlers.forwarder.pool.streaming == STALLED
+    finally:
+        for _, _, writer in stalled:
+            writer.close()
+
+
+async def test_clients_that_stop_reading_are_dropped_after_the_write_timeout_and_their_upstream_released(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    registry, download = await selfhosted_download(aiohttp_server, tmp_path)
+    gateway = stalled_gateway(registry, client_write_timeout_seconds=1.0, keepalive_seconds=3600)
+    server = await aiohttp_server(gateway)
+    stalled = await stall(server.port, download)
+    assert all(head.startswith(b"HTTP/1.1 200") for head, _, _ in stalled)
+    pool = gateway.handlers.forwarder.pool
+    try:
+        async with asyncio.timeout(BOUND_S):
+            # Dropped: no client connection left on the gateway, no upstream connection held for them...
+            while server.runner.server.connections or pool.streaming or pool.counted:
+                await asyncio.sleep(0.1)
+            # ...and the registry sees its side closed (its handlers end when their writes fail).
+            while registry.runner.server.connections:
+                await asyncio.sleep(0.1)
+        for _, reader, _ in stalled:  # each client finds its connection reset (no FIN after a partial body)
+            with pytest.raises(ConnectionResetError):
+                while await asyncio.wait_for(reader.read(1 << 20), BOUND_S):
+                    pass
+    finally:
+        for _, _, writer in stalled:
+            writer.close()
+    metrics = await _metrics(server.port)
+    assert f'gateway_client_connections_closed_total{{reason="write_timeout"}} {STALLED}' in metrics
