@@ -21,6 +21,7 @@ from aiohttp import web
 from yarl import URL
 
 from .config import Config
+from .connections import ConnectionLimits, GatewayServer
 from .errors import GatewayError, StorageUnavailable, UpstreamTimeout, UpstreamUnavailable
 from .logs import ACCESS_LOG, REQUEST_ID, request_id_from
 from .metrics import Metrics
@@ -172,9 +173,20 @@ class GatewayRunner(web.BaseRunner):
 
     async def _make_server(self) -> web.Server:
         await self.gateway.start()
+        server = self.gateway.config.server
         # aiohttp's own default keeps an idle client connection 3630 s; the deploy templates assume 75 s.
-        keepalive = {"keepalive_timeout": self.gateway.config.server.keepalive_seconds}
-        return web.Server(self.gateway.handle, **(SERVER_OPTIONS | keepalive | self._kwargs))
+        keepalive = {"keepalive_timeout": server.keepalive_seconds}
+        limits = ConnectionLimits(
+            header_timeout_s=server.header_timeout_seconds,
+            max_connections=server.max_connections,
+            write_timeout_s=server.client_write_timeout_seconds,
+        )
+        return GatewayServer(
+            self.gateway.handle,
+            limits=limits,
+            closed=self.gateway.metrics.connections_closed,
+            **(SERVER_OPTIONS | keepalive | self._kwargs),
+        )
 
     async def _cleanup_server(self) -> None:
         await self.gateway.close()

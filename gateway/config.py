@@ -64,6 +64,9 @@ class ServerConfig:
     log_level: str = "info"
     shutdown_grace_seconds: float = 30.0
     keepalive_seconds: float = 75.0
+    header_timeout_seconds: float = 20.0
+    client_write_timeout_seconds: float = 60.0
+    max_connections: int = 1000
     trusted_proxies: list[str] = field(default_factory=list)
     workers: int = 1
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
@@ -309,6 +312,9 @@ def _validate(config: Config) -> None:
     for where, number in (
         ("server.shutdown_grace_seconds", config.server.shutdown_grace_seconds),
         ("server.keepalive_seconds", config.server.keepalive_seconds),
+        ("server.header_timeout_seconds", config.server.header_timeout_seconds),
+        ("server.client_write_timeout_seconds", config.server.client_write_timeout_seconds),
+        ("server.max_connections", config.server.max_connections),
         ("upstream.connect_timeout_seconds", config.upstream.connect_timeout_seconds),
         ("upstream.read_timeout_seconds", config.upstream.read_timeout_seconds),
         ("upstream.first_byte_timeout_seconds", config.upstream.first_byte_timeout_seconds),

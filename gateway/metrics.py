@@ -109,6 +109,10 @@ class Metrics:
         self.proxied_bytes = Counter("gateway_proxied_bytes_total", "Body bytes forwarded, by direction.")
         self.upstream_errors = Counter("gateway_upstream_errors_total", "Registry unreachable, timed out or 5xx.")
         self.s3_errors = Counter("gateway_s3_errors_total", "S3 calls that failed, by kind.")
+        self.connections_closed = Counter(
+            "gateway_client_connections_closed_total",
+            "Client connections the gateway closed or refused, by reason (header_timeout, write_timeout, refused).",
+        )
 
     def answered(self, route: str, status: str, elapsed_s: float) -> None:
         """One request answered: per request, so the label keys are built as they are stored (sorted by name)."""
@@ -125,5 +129,6 @@ class Metrics:
             self.proxied_bytes,
             self.upstream_errors,
             self.s3_errors,
+            self.connections_closed,
         )
         return "\n".join(line for family in families for line in family.render()) + "\n"

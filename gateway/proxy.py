@@ -483,6 +483,8 @@ class Forwarder:
             return web.Response(status=status, reason=reason, headers=headers, body=whole)  # not prepared yet
         response = web.StreamResponse(status=status, reason=reason, headers=headers)
         close_if_body_unread(request, response)
+        # The rest of the answer takes as long as the client reads: its connection leaves the pool's count.
+        self.pool.stream(conn)
         return await self._stream_back(request, conn, response)
 
     async def _stream_back(

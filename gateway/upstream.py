@@ -344,7 +344,13 @@ class UpstreamProtocolGone(UpstreamBodyError):
 
 class UpstreamPool:
     """Keep-alive connections to one upstream origin: at most ``limit`` open at once (requests beyond wait), idle
-    ones reused newest first and closed after ``keepalive_s``."""
+    ones reused newest first and closed after ``keepalive_s``.
+
+    A connection whose answer is streamed back to a client (:meth:`stream`) leaves the count: a transfer lasts as
+    long as its client takes to read it, and 101 slow readers of a large download must not leave API calls and
+    discovery waiting for a free connection. Streams are bounded by the client connections instead (one each,
+    ``server.max_connections``), and a client that stops reading is dropped (``server.client_write_timeout_seconds``),
+    which releases its stream."""
 
     def __init__(
         self,
@@ -366,7 +372,8 @@ class UpstreamPool:
             else (ssl.create_default_context() if origin.scheme == "https" else None)
         )
         self._idle: list[UpstreamConnection] = []
-        self._open: set[UpstreamConnection] = set()
+        self._open: set[UpstreamConnection] = set()  # counted against limit: connecting, exchanging, idle
+        self._streaming: set[UpstreamConnection] = set()  # streaming an answer back to a client: not counted
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._last_sweep = 0.0
         self._closing = False
@@ -415,9 +422,34 @@ class UpstreamPool:
                 except ValueError:
                     pass
 
+    @property
+    def counted(self) -> int:
+        """Connections counted against ``limit``."""
+        return len(self._open)
+
+    @property
+    def streaming(self) -> int:
+        """Connections streaming an answer back, outside the count."""
+        return len(self._streaming)
+
+    def stream(self, conn: UpstreamConnection) -> None:
+        """``conn`` now streams its answer back to a client: its place in the pool goes to the next waiting call."""
+        if conn in self._open:
+            self._open.discard(conn)
+            self._streaming.add(conn)
+            self._wake_one()
+
     def release(self, conn: UpstreamConnection) -> None:
         loop_time = conn.loop.time()
-        if conn.reusable and not conn.closed and conn.answer_complete and not self._closing:
+        streamed = bool(self._streaming) and conn in self._streaming
+        if streamed:
+            self._streaming.discard(conn)
+        reusable = conn.reusable and not conn.closed and conn.answer_complete and not self._closing
+        if reusable and streamed and len(self._open) < self.limit:
+            self._open.add(conn)  # back into the pool, where there is room
+        elif streamed:
+            reusable = False
+        if reusable:
             conn.idle_since = loop_time
             conn.begin_idle()
             self._idle.append(conn)
@@ -429,10 +461,11 @@ class UpstreamPool:
 
     async def close(self) -> None:
         self._closing = True
-        for conn in list(self._open):
+        for conn in [*self._open, *self._streaming]:
             conn.abort()
         self._idle.clear()
         self._open.clear()
+        self._streaming.clear()
         await asyncio.sleep(0)  # let the transports report connection_lost
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> UpstreamConnection:
