@@ -19,8 +19,8 @@ import pytest
 
 from gateway.app import Gateway
 from tests.gateway_fixtures import gateway_config
+from tests.processes import free_port
 from tests.registry import RegistrySettings, make_registry_app
-from tests.stack import free_port
 
 HEALTHZ = b"GET /_gateway/healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
 BOUND_S = 20.0  # every wait for the gateway to act; the configured timeouts are far below it
