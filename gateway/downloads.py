@@ -21,10 +21,11 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from .config import DownloadsConfig
 from .errors import GatewayError
+from .locations import LocationPolicy
 from .proxy import Forwarder, UpstreamReply
-from .s3 import S3Error
-from .service import UploadService
+from .s3 import S3Client, S3Error
 
 __all__ = ["IMAGE_PREFIX", "IMAGEFILE_PREFIX", "Downloads"]
 
@@ -36,10 +37,13 @@ REDIRECTS: Final = frozenset({301, 302, 307, 308})
 
 
 class Downloads:
-    def __init__(self, service: UploadService, forwarder: Forwarder) -> None:
-        self.service = service
+    def __init__(
+        self, config: DownloadsConfig, *, locations: LocationPolicy, s3: S3Client, forwarder: Forwarder
+    ) -> None:
+        self.locations = locations
+        self.s3 = s3
         self.forwarder = forwarder
-        self.enabled = service.config.downloads.redirect_status == "303"
+        self.enabled = config.redirect_status == "303"
 
     def handles(self, method: str, path: str) -> bool:
         return self.enabled and method == "GET" and path.startswith((IMAGEFILE_PREFIX, IMAGE_PREFIX))
@@ -47,7 +51,7 @@ class Downloads:
     async def answer(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         if path.startswith(IMAGEFILE_PREFIX):
             return await self.forwarder.forward(
-                request, redirect_status=303, rewrite_location=self.service.download_location
+                request, redirect_status=303, rewrite_location=self.locations.download_location
             )
         return await self.image(request)
 
@@ -74,11 +78,11 @@ class Downloads:
             return None
         location = redirect.headers.get("Location") if redirect.status in REDIRECTS else None
         # Only an object the registry granted this caller (the same test as re-signing its redirect).
-        target = self.service.justified_download(location) if location else None
+        target = self.locations.justified_download(location) if location else None
         if target is None:
             return None
         try:
-            info = await self.service.s3.head_object(target.bucket, target.key)
+            info = await self.s3.head_object(target.bucket, target.key)
         except S3Error as exc:
             log.warning("image size: S3 HeadObject failed: %s", exc)
             return None
