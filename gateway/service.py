@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from multidict import CIMultiDict
 
 from .config import Config
 from .errors import (
-    Conflict,
-    GatewayError,
     InvalidRequest,
     RelayFailed,
-    StorageUnavailable,
     UpstreamUnavailable,
 )
 from .journal import JournalEntry, completion_marker_key, journal_key
@@ -33,8 +30,9 @@ from .metrics import Metrics
 from .mode_log import ModeLog
 from .plan import plan_parts
 from .registry import Registry
-from .s3 import S3Client, S3ClientError, S3Error, S3UsageError
+from .s3 import NoSuchUpload, S3Client, S3Error
 from .sigv4 import Signer
+from .storage_errors import ABORTING, COMPLETING, LISTING_PARTS, RECORDING, RELAYING, STARTING
 from .tokens import Mode, TokenSealer, UploadGrant
 from .upload_mode import Destination, S3Location, choose_mode
 from .uploads import AbortRequest, CompleteRequest, PartRequest, StartRequest
@@ -42,11 +40,6 @@ from .uploads import AbortRequest, CompleteRequest, PartRequest, StartRequest
 __all__ = ["UploadService"]
 
 log = logging.getLogger("gateway.uploads")
-T = TypeVar("T")
-
-# S3 answers that mean the client sent something wrong at complete; they become 400, never 404.
-_CLIENT_MISTAKES = frozenset({"InvalidPart", "InvalidPartOrder", "EntityTooSmall", "MalformedXML", "InvalidArgument"})
-_GONE = frozenset({"NoSuchUpload", "NoSuchKey"})  # radosgw answers NoSuchKey for an aborted upload
 
 
 @dataclass(eq=False, kw_only=True)
@@ -68,7 +61,7 @@ class UploadService:
         upload_url = await self.registry.start_upload(image_id, headers=headers, filesize=request.filesize)
         mode, target = self._choose_target(image_id, upload_url)
         part_size, total_parts = plan_parts(request.filesize, self.config.uploads.part_size)
-        upload_id = await self._s3_call(self.s3.create_multipart_upload(target.bucket, target.key))
+        upload_id = await STARTING.run(self.s3.create_multipart_upload(target.bucket, target.key))
         grant = UploadGrant(
             mode=mode,
             image_id=image_id,
@@ -111,7 +104,7 @@ class UploadService:
                 await self.s3.abort_multipart_upload(grant.bucket, grant.key, grant.upload_id)
             except S3Error:
                 log.warning("could not abort an unjournaled upload", extra={"event": "journal-failed"})
-            raise StorageUnavailable(f"storage failed recording the upload: {exc}; retry") from exc
+            raise RECORDING.error(exc) from exc
 
     def _journal_key(self, grant: UploadGrant) -> str:
         return journal_key(self.config.uploads.staging_prefix, upload_id=grant.upload_id, expires_at=grant.expires_at)
@@ -188,12 +181,10 @@ class UploadService:
         Nothing is aborted: the client can upload the wrong part again and complete."""
         try:
             stored = await self.s3.list_parts(grant.bucket, grant.key, grant.upload_id)
-        except S3ClientError as exc:
-            if exc.code in _GONE:
-                return  # completed already or aborted: the complete below tells which
-            raise StorageUnavailable(f"storage refused to list parts: {exc.code}") from exc
+        except NoSuchUpload:
+            return  # completed already or aborted: the complete below tells which
         except S3Error as exc:
-            raise StorageUnavailable(f"storage failed listing parts: {exc}; retry") from exc
+            raise LISTING_PARTS.error(exc) from exc
         sizes = {part.number: part.size for part in stored}
         for number in range(1, grant.total_parts + 1):
             expected = grant.expected_part_size(number)
@@ -206,37 +197,20 @@ class UploadService:
                 )
 
     async def _complete_adopted(self, grant: UploadGrant, parts: tuple[tuple[int, str], ...]) -> None:
-        try:
-            await self.s3.complete_multipart_upload(grant.bucket, grant.key, grant.upload_id, parts)
-        except S3UsageError as exc:
-            raise InvalidRequest(f"completedParts: {exc}") from exc
-        except S3ClientError as exc:
-            if exc.code in _GONE and await self._object_has_size(grant.bucket, grant.key, grant.filesize):
-                return  # a retried complete after success
-            raise self._complete_error(exc) from exc
-        except S3Error as exc:
-            raise StorageUnavailable(f"storage failed at complete: {exc}; retry") from exc
+        # A retried complete after success succeeds again: the S3 client recognises the object made earlier.
+        await COMPLETING.run(self.s3.complete_multipart_upload(grant.bucket, grant.key, grant.upload_id, parts))
 
     async def _complete_relayed(
         self, grant: UploadGrant, parts: tuple[tuple[int, str], ...], *, headers: CIMultiDict[str]
     ) -> None:
         marker = self._completion_marker(grant)
-        try:
-            await self.s3.complete_multipart_upload(grant.bucket, grant.key, grant.upload_id, parts)
-        except S3UsageError as exc:
-            raise InvalidRequest(f"completedParts: {exc}") from exc
-        except S3ClientError as exc:
-            if exc.code not in _GONE:
-                raise self._complete_error(exc) from exc
-            if await self._s3_call(self.s3.head_object(grant.bucket, marker)) is not None:
-                return  # relayed already: a retried complete
-            if not await self._object_has_size(grant.bucket, grant.key, grant.filesize):
-                raise self._complete_error(exc) from exc
-            # S3 completed but the relay did not finish: relay again below.
-        except S3Error as exc:
-            raise StorageUnavailable(f"storage failed at complete: {exc}; retry") from exc
+        if await RELAYING.run(self.s3.head_object(grant.bucket, marker)) is not None:
+            return  # relayed already: a retried complete
+        # On a retried complete whose relay did not finish, the S3 client recognises the object made earlier and
+        # the relay runs again.
+        await COMPLETING.run(self.s3.complete_multipart_upload(grant.bucket, grant.key, grant.upload_id, parts))
         # The relay PUT declares filesize: an object of any other size would hang or cut the registry's read.
-        info = await self._s3_call(self.s3.head_object(grant.bucket, grant.key))
+        info = await RELAYING.run(self.s3.head_object(grant.bucket, grant.key))
         if info is None or info.size != grant.filesize:
             size = "missing" if info is None else f"{info.size} bytes"
             raise InvalidRequest(
@@ -248,11 +222,11 @@ class UploadService:
             async with self.s3.get_object(grant.bucket, grant.key) as stream:
                 await self.registry.put_stream(upload_url, stream.iter_chunks(), length=grant.filesize)
         except S3Error as exc:
-            raise StorageUnavailable(f"storage failed while relaying: {exc}; retry") from exc
+            raise RELAYING.error(exc) from exc
         except RelayFailed as exc:
             raise await self._relay_failed(grant, upload_url, exc) from exc
-        await self._s3_call(self.s3.put_object(grant.bucket, marker, b"relayed\n"))
-        await self._s3_call(self.s3.delete_object(grant.bucket, grant.key))
+        await RELAYING.run(self.s3.put_object(grant.bucket, marker, b"relayed\n"))
+        await RELAYING.run(self.s3.delete_object(grant.bucket, grant.key))
 
     async def _relay_failed(self, grant: UploadGrant, upload_url: str, exc: RelayFailed) -> RelayFailed:
         """What the client hears about a failed relay. A failure that retrying cannot cure removes the staged
@@ -296,28 +270,11 @@ class UploadService:
             self.config.uploads.staging_prefix, upload_id=grant.upload_id, expires_at=grant.expires_at
         )
 
-    async def _object_has_size(self, bucket: str, key: str, size: int) -> bool:
-        info = await self._s3_call(self.s3.head_object(bucket, key))
-        return info is not None and info.size == size
-
-    @staticmethod
-    def _complete_error(exc: S3ClientError) -> GatewayError:
-        if exc.code in _CLIENT_MISTAKES:
-            return InvalidRequest(f"storage refused the parts: {exc.code}: {exc.message}")
-        if exc.code in _GONE:
-            return Conflict("upload no longer exists in storage (aborted or expired): start the push again")
-        return UpstreamUnavailable(f"storage refused the gateway: {exc.code}: {exc.message}")
-
     async def abort(self, image_id: str, body: bytes, *, credential: str) -> dict[str, Any]:
         request = AbortRequest.parse(body)
         grant = self.open_grant(request.upload_token, image_id, credential)
-        try:
-            await self.s3.abort_multipart_upload(grant.bucket, grant.key, grant.upload_id)
-        except S3ClientError as exc:
-            if exc.code not in _GONE:
-                raise StorageUnavailable(f"storage refused the abort: {exc.code}") from exc
-        except S3Error as exc:
-            raise StorageUnavailable(f"storage failed at abort: {exc}; retry") from exc
+        # One already gone is fine: the S3 client says so for every server.
+        await ABORTING.run(self.s3.abort_multipart_upload(grant.bucket, grant.key, grant.upload_id))
         await self._journal_end(grant)
         self.metrics.uploads.inc(event="aborted", mode=grant.mode)
         log.info("upload aborted", extra={"event": "abort", "image_id": image_id, "mode": grant.mode})
@@ -326,19 +283,5 @@ class UploadService:
     async def uploaded_parts(self, token: str, *, credential: str) -> list[dict[str, Any]]:
         """Parts already in S3 for an upload, for a client resuming a push; only for the token's own caller."""
         grant = self.sealer.open(token, image_id=None, credential=credential, now=self.clock().timestamp())
-        try:
-            parts = await self.s3.list_parts(grant.bucket, grant.key, grant.upload_id)
-        except S3ClientError as exc:
-            if exc.code in _GONE:
-                raise Conflict("upload no longer exists in storage (completed, aborted or expired)") from exc
-            raise StorageUnavailable(f"storage refused to list parts: {exc.code}") from exc
-        except S3Error as exc:
-            raise StorageUnavailable(f"storage failed listing parts: {exc}; retry") from exc
+        parts = await LISTING_PARTS.run(self.s3.list_parts(grant.bucket, grant.key, grant.upload_id))
         return [{"partNumber": p.number, "etag": f'"{p.etag}"', "size": p.size} for p in parts]
-
-    @staticmethod
-    async def _s3_call(call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except S3Error as exc:
-            raise StorageUnavailable(f"storage failed: {exc}") from exc
