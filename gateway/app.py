@@ -23,9 +23,13 @@ from yarl import URL
 from .config import Config
 from .connections import ConnectionLimits, GatewayServer
 from .errors import GatewayError, StorageUnavailable, UpstreamTimeout, UpstreamUnavailable
+from .legacy_upload import LegacyUpload
+from .locations import LocationPolicy
 from .logs import ACCESS_LOG, REQUEST_ID, request_id_from
 from .metrics import Metrics
+from .mode_log import ModeLog
 from .proxy import Forwarder, close_if_body_unread
+from .readiness import Readiness
 from .registry import Registry
 from .routes import Handlers, loggable_path, route_class
 from .s3 import S3Client, S3Settings
@@ -79,18 +83,41 @@ class Gateway:
         self._closing.append(s3.close)
         upstream = URL(config.upstream.url)
         registry = Registry(upstream_session, upstream, read_timeout_s=config.upstream.read_timeout_seconds)
+        signer = Signer(Credentials(config.s3.access_key, config.s3.secret_key), config.s3.region)
+        locations = LocationPolicy(config, signer=signer, clock=self._now, metrics=self.metrics)
+        modes = ModeLog(self.metrics)
         service = UploadService(
-            config,
+            config=config,
             s3=s3,
             registry=registry,
-            signer=Signer(Credentials(config.s3.access_key, config.s3.secret_key), config.s3.region),
+            signer=signer,
             sealer=TokenSealer(config.uploads.token_secret, config.uploads.previous_token_secrets),
             clock=self._now,
             metrics=self.metrics,
+            locations=locations,
+            modes=modes,
         )
-        forwarder = Forwarder.from_config(config, rewrite_location=service.public_location)
+        legacy = LegacyUpload(
+            locations=locations,
+            url_expiry_s=config.uploads.url_expiry_seconds,
+            signer=signer,
+            clock=self._now,
+            metrics=self.metrics,
+            modes=modes,
+        )
+        forwarder = Forwarder.from_config(config, rewrite_location=locations.public_location)
         self._closing.append(forwarder.close)
-        self._handlers = Handlers(service, forwarder)
+        self._handlers = Handlers(
+            config=config,
+            service=service,
+            legacy=legacy,
+            locations=locations,
+            readiness=Readiness(registry=registry, s3=s3, bucket=config.s3.bucket),
+            registry=registry,
+            s3=s3,
+            metrics=self.metrics,
+            forwarder=forwarder,
+        )
         if config.uploads.sweep_interval_seconds > 0:
             self._sweeping = asyncio.create_task(
                 run_periodically(

@@ -11,12 +11,14 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .config import Config
 from .downloads import IMAGEFILE_PREFIX, Downloads
 from .errors import (
     InvalidRequest,
@@ -27,9 +29,14 @@ from .errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
+from .legacy_upload import LegacyUpload
+from .locations import LocationPolicy
 from .logs import UPLOAD_FIELDS
+from .metrics import Metrics
 from .proxy import Forwarder, ForwardingPolicy, expects_continue, send_continue
-from .registry import json_or_none
+from .readiness import Readiness
+from .registry import Registry, json_or_none
+from .s3 import S3Client
 from .service import UploadService
 from .tokens import credential_of
 from .uploads import LegacyStartRequest, check_image_id
@@ -84,12 +91,23 @@ def registry_headers(request: web.BaseRequest, policy: ForwardingPolicy) -> CIMu
     return headers
 
 
+@dataclass(eq=False, kw_only=True)
 class Handlers:
-    def __init__(self, service: UploadService, forwarder: Forwarder) -> None:
-        self.service = service
-        self.forwarder = forwarder
-        self.downloads = Downloads(service, forwarder)
-        self._image_ids = re.compile(service.config.uploads.image_id_pattern)
+    config: Config
+    service: UploadService  # the multipart upload steps
+    legacy: LegacyUpload
+    locations: LocationPolicy
+    readiness: Readiness
+    registry: Registry
+    s3: S3Client
+    metrics: Metrics
+    forwarder: Forwarder
+
+    def __post_init__(self) -> None:
+        self.downloads = Downloads(
+            self.config.downloads, locations=self.locations, s3=self.s3, forwarder=self.forwarder
+        )
+        self._image_ids = re.compile(self.config.uploads.image_id_pattern)
         # Every v2/imagefile shape the gateway lets through, by its last segment ("": the legacy start).
         self._imagefile_routes: dict[str, dict[str, UploadHandler]] = {
             "": {"POST": self.legacy_start},
@@ -118,7 +136,7 @@ class Handlers:
             return await self.downloads.answer(request, path)
         if request.method in ("GET", "HEAD") and path.startswith(IMAGEFILE_PREFIX):
             # The download route, the only one whose redirect into S3 the gateway re-signs (issue 13 point 7).
-            return await self.forwarder.forward(request, rewrite_location=self.service.download_location)
+            return await self.forwarder.forward(request, rewrite_location=self.locations.download_location)
         return await self.forwarder.forward(request)
 
     async def imagefile_route(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
@@ -160,7 +178,7 @@ class Handlers:
 
     async def start(self, request: web.BaseRequest, image_id: str) -> web.Response:
         body = await read_small_body(request)
-        if not self.service.config.uploads.multipart:
+        if not self.config.uploads.multipart:
             # The client's clean fallback to the legacy single upload (docs/protocol.md §4).
             raise NotFound("multipart uploads are disabled on this gateway")
         answer = await self.service.start(
@@ -195,10 +213,10 @@ class Handlers:
         body = await read_small_body(request)
         legacy = LegacyStartRequest.parse(body)  # sregistry answers malformed JSON with a 500 page (G4)
         headers = registry_headers(request, self.forwarder.policy)
-        answer = await self.service.registry.call("POST", request.raw_path, headers=headers, body=body)
+        answer = await self.registry.call("POST", request.raw_path, headers=headers, body=body)
         data = answer.json.get("data") if isinstance(answer.json, dict) else None
         if 200 <= answer.status < 300 and isinstance(data, dict) and isinstance(data.get("uploadURL"), str):
-            data["uploadURL"] = self.service.rewrite_upload_url(legacy, data["uploadURL"])
+            data["uploadURL"] = self.legacy.rewrite_upload_url(legacy, data["uploadURL"])
             return web.json_response(answer.json, status=answer.status)
         return _passthrough(answer.status, answer.body, answer.json)
 
@@ -218,9 +236,9 @@ class Handlers:
             if (
                 isinstance(entry, dict)
                 and isinstance(uri, str)
-                and (uri == own_uri or self.service.points_at_upstream(uri))
+                and (uri == own_uri or self.locations.points_at_upstream(uri))
             ):
-                entry[key] = self.service.public_url
+                entry[key] = self.locations.public_url
         # The registry's own headers (X-Frame-Options, Referrer-Policy...) stay; those describing the old body go.
         headers = CIMultiDict((k, v) for k, v in answer.headers.items() if k.lower() not in _REWRITTEN_BODY_HEADERS)
         return web.json_response(document, headers=headers)
@@ -231,13 +249,13 @@ class Handlers:
         if path == "/_gateway/healthz" and request.method in ("GET", "HEAD"):
             return web.json_response({"status": "ok"})
         if path == "/_gateway/readyz" and request.method in ("GET", "HEAD"):
-            reason = await self.service.readiness()
+            reason = await self.readiness.not_ready_reason()
             if reason is not None:
                 raise NotReady(reason)
             return web.json_response({"status": "ready"})
         if path == "/_gateway/metrics" and request.method == "GET":
             return web.Response(
-                text=self.service.metrics.render(),
+                text=self.metrics.render(),
                 content_type="text/plain",
                 charset="utf-8",
                 headers={"X-Content-Type-Options": "nosniff"},
