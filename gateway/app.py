@@ -31,7 +31,8 @@ from .mode_log import ModeLog
 from .proxy import Forwarder, close_if_body_unread
 from .readiness import Readiness
 from .registry import Registry
-from .routes import Handlers, loggable_path, route_class
+from .route_table import Route, classify, loggable_path
+from .routes import Handlers
 from .s3 import S3Client, S3Settings
 from .service import UploadService
 from .sigv4 import Credentials, Signer
@@ -143,9 +144,10 @@ class Gateway:
         request_id = request_id_from(request.headers.get("X-Request-Id"))
         REQUEST_ID.set(request_id)  # the forwarder and the registry calls send it upstream
         status = "error"  # stays so when the client goes away mid-request
+        route = classify(request.method, request.raw_path)
         try:
             try:
-                response = await self.handlers.dispatch(request)
+                response = await self.handlers.dispatch(request, route)
             except Exception as exc:
                 response = self.error_answer(request, exc)
             status = str(response.status)
@@ -154,7 +156,7 @@ class Gateway:
                 close_if_body_unread(request, response)
             return response
         finally:
-            self.observe(request, status, time.perf_counter() - started)
+            self.observe(request, route, status, time.perf_counter() - started)
 
     def error_answer(self, request: web.BaseRequest, exc: Exception) -> web.Response:
         if isinstance(exc, GatewayError):
@@ -170,14 +172,13 @@ class Gateway:
         log.exception("unexpected error on %s %s", request.method, loggable_path(request.raw_path), exc_info=exc)
         return error_response(500, "internal gateway error")
 
-    def observe(self, request: web.BaseRequest, status: str, elapsed: float) -> None:
-        route = route_class(request.method, request.raw_path)
-        self.metrics.answered(route, status, elapsed)
+    def observe(self, request: web.BaseRequest, route: Route, status: str, elapsed: float) -> None:
+        self.metrics.answered(route.name, status, elapsed)
         if ACCESS_LOG.enabled():  # the fields cost more than the check
             ACCESS_LOG.write(
                 {
                     "method": request.method,
-                    "route": route,
+                    "route": route.name,
                     "path": loggable_path(request.raw_path),
                     "status": status,
                     "ms": round(elapsed * 1000, 2),

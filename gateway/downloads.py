@@ -27,14 +27,13 @@ from .config import DownloadsConfig
 from .errors import GatewayError, StorageUnavailable, UpstreamUnavailable
 from .locations import LocationPolicy
 from .proxy import Forwarder, UpstreamReply
+from .route_table import IMAGE_PREFIX, IMAGEFILE_PREFIX
 from .s3 import S3Client, S3Error
 
-__all__ = ["IMAGE_PREFIX", "IMAGEFILE_PREFIX", "Downloads"]
+__all__ = ["Downloads"]
 
 log = logging.getLogger("gateway.downloads")
 
-IMAGE_PREFIX: Final = "/v1/images/"
-IMAGEFILE_PREFIX: Final = "/v1/imagefile/"
 REDIRECTS: Final = frozenset({301, 302, 307, 308})
 
 
@@ -47,19 +46,11 @@ class Downloads:
         self.forwarder = forwarder
         self.enabled = config.redirect_status == "303"
 
-    def handles(self, method: str, path: str) -> bool:
-        if not self.enabled:
-            return False
-        if path.startswith(IMAGEFILE_PREFIX):
-            return method in ("GET", "HEAD")  # a HEAD gets the same redirect as the GET it stands for
-        return method == "GET" and path.startswith(IMAGE_PREFIX)
-
-    async def answer(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
-        if path.startswith(IMAGEFILE_PREFIX):
-            return await self.forwarder.forward(
-                request, redirect_status=self.status_for, rewrite_location=self.locations.download_location
-            )
-        return await self.image(request)
+    async def download(self, request: web.BaseRequest) -> web.StreamResponse:
+        """GET or HEAD ``v1/imagefile/…`` (a HEAD gets the same redirect as the GET it stands for)."""
+        return await self.forwarder.forward(
+            request, redirect_status=self.status_for, rewrite_location=self.locations.download_location
+        )
 
     def status_for(self, location: str) -> int | None:
         """303 only for a download in our S3 that the gateway re-signs (S3 answers ranges); a Location passed on

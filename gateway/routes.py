@@ -1,8 +1,7 @@
-"""Thin aiohttp handlers and the dispatch that decides what the gateway answers itself.
+"""Thin aiohttp handlers, and the dispatch from a request's route (gateway/route_table.py) to the one that answers.
 
-Dispatch works on the raw path (never normalised, the way the upstream will see it): ``/_gateway/`` and every
-path the registry could route to one of its ``v2/imagefile`` views are ours (answered, or refused unless written
-plainly; only the legacy ``_complete`` is forwarded), everything else is forwarded.
+``/_gateway/`` and every path the registry could route to one of its ``v2/imagefile`` views are ours (answered,
+or refused unless written plainly; only the legacy ``_complete`` is forwarded), everything else is forwarded.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import Config
-from .downloads import IMAGEFILE_PREFIX, Downloads
+from .downloads import Downloads
 from .errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -36,24 +35,22 @@ from .metrics import Metrics
 from .proxy import Forwarder, ForwardingPolicy, expects_continue, send_continue
 from .readiness import Readiness
 from .registry import Registry, json_or_none
+from .route_table import Route
 from .s3 import S3Client
 from .service import UploadService
 from .tokens import credential_of
 from .uploads import LegacyStartRequest, check_image_id
 
-__all__ = ["MAX_JSON_BODY", "Handlers", "data_response", "loggable_path", "route_class"]
+__all__ = ["MAX_JSON_BODY", "Handlers", "data_response"]
 
 log = logging.getLogger("gateway.routes")
 
 MAX_JSON_BODY: Final = 1024 * 1024  # intercepted routes carry small JSON bodies
-DISCOVERY_PATH: Final = "/assets/config/config.prod.json"
 # Headers of an answer that no longer fit once its body is rewritten (hop-by-hop ones are gone already).
 _REWRITTEN_BODY_HEADERS: Final = frozenset(
     {"content-length", "content-type", "content-encoding", "transfer-encoding", "etag", "content-md5", "digest"}
 )
-OCI_REDIRECT_PATH: Final = "/v1/oci-redirect"
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 UploadHandler = Callable[[web.BaseRequest, str], Awaitable[Any]]
 
 
@@ -108,56 +105,48 @@ class Handlers:
             self.config.downloads, locations=self.locations, s3=self.s3, forwarder=self.forwarder
         )
         self._image_ids = re.compile(self.config.uploads.image_id_pattern)
-        # Every v2/imagefile shape the gateway lets through, by its last segment ("": the legacy start).
-        self._imagefile_routes: dict[str, dict[str, UploadHandler]] = {
-            "": {"POST": self.legacy_start},
-            "_complete": {"PUT": self.legacy_complete},
-            "_multipart": {"POST": self.start, "PUT": self.presign_part},
-            "_multipart_complete": {"PUT": self.complete},
-            "_multipart_abort": {"PUT": self.abort},
+        # The upload routes of the route table, each with its handler.
+        self._upload_handlers: dict[str, UploadHandler] = {
+            "legacy-start": self.legacy_start,
+            "legacy-complete": self.legacy_complete,
+            "upload-start": self.start,
+            "upload-part": self.presign_part,
+            "upload-complete": self.complete,
+            "upload-abort": self.abort,
         }
 
-    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.raw_path.partition("?")[0]
-        if not path.startswith("/"):
-            # Absolute-form targets (http://host/...) would be glued onto the upstream origin by the forwarder.
-            raise InvalidRequest("request target must be a path starting with /")
-        if path.startswith("/_gateway/"):
-            return await self.gateway_route(request, path)
-        if _under_imagefile(path):
-            return await self.imagefile_route(request, path)
-        if path == OCI_REDIRECT_PATH:
+    async def dispatch(self, request: web.BaseRequest, route: Route) -> web.StreamResponse:
+        name = route.name
+        if name in self._upload_handlers:
+            return await self._logged(request, route, self._upload_handlers[name])
+        if name == "proxy":
+            return await self.forwarder.forward(request)
+        if name == "download":
+            if self.downloads.enabled:
+                return await self.downloads.download(request)
+            # The only route whose redirect into S3 the gateway re-signs (issue 13 point 7).
+            return await self.forwarder.forward(request, rewrite_location=self.locations.download_location)
+        if name == "image":
+            return await (self.downloads.image(request) if self.downloads.enabled else self.forwarder.forward(request))
+        if name == "gateway":
+            return await self.gateway_route(request, route.path)
+        if name == "discovery":
+            return await self.discovery(request)
+        if name == "oci-redirect":
             # The v1.4.x clients' preflight (docs/protocol.md §3, step 0): any 200 switches them to OCI push and pull
             # against the URL in the reply, around the gateway. A library behind it is never an OCI registry.
             raise NotFound("no OCI registry behind this library")
-        if path == DISCOVERY_PATH and request.method == "GET":
-            return await self.discovery(request)
-        if self.downloads.handles(request.method, path):
-            return await self.downloads.answer(request, path)
-        if request.method in ("GET", "HEAD") and path.startswith(IMAGEFILE_PREFIX):
-            # The download route, the only one whose redirect into S3 the gateway re-signs (issue 13 point 7).
-            return await self.forwarder.forward(request, rewrite_location=self.locations.download_location)
-        return await self.forwarder.forward(request)
+        if route.image_id:  # an upload route with another method: its id is checked (and logged) first
+            return await self._logged(request, route, self.method_not_allowed)
+        raise InvalidRequest(route.refusal)
 
-    async def imagefile_route(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
-        """Every path the registry could route to one of its ``v2/imagefile`` views is answered or refused here:
-        only the plain shapes of the library API pass, and of those only the legacy completion is forwarded."""
-        shape = _imagefile_shape(path)
-        methods = None if shape is None else self._imagefile_routes.get(shape[1])
-        if shape is None or methods is None:
-            # sregistry's own multipart views would answer it (near misses such as _multipar, extra segments,
-            # encoded or dotted spellings): its part URLs are unbound and its abort deletes the image row (G6).
-            raise InvalidRequest("not an upload route of the library API: v2/imagefile/{id}[/_multipart...]")
-        handler = methods.get(request.method, self.method_not_allowed)
-        return await self._logged(request, handler, shape[0])
-
-    async def _logged(self, request: web.BaseRequest, handler: UploadHandler, raw_id: str) -> web.StreamResponse:
+    async def _logged(self, request: web.BaseRequest, route: Route, handler: UploadHandler) -> web.StreamResponse:
         started = time.perf_counter()
         outcome = "error"
         fields: dict[str, object] = {}
         UPLOAD_FIELDS.set(fields)
         try:
-            response: web.StreamResponse = await handler(request, check_image_id(raw_id, self._image_ids))
+            response: web.StreamResponse = await handler(request, check_image_id(route.image_id, self._image_ids))
             outcome = str(response.status)
             return response
         finally:
@@ -165,9 +154,9 @@ class Handlers:
                 "upload route",
                 extra={
                     "event": "route",
-                    "route": route_class(request.method, request.raw_path),
+                    "route": route.name,
                     "method": request.method,
-                    "image_id": raw_id[:128],
+                    "image_id": route.image_id[:128],
                     "outcome": outcome,
                     "ms": round((time.perf_counter() - started) * 1000, 2),
                     **fields,
@@ -265,79 +254,6 @@ class Handlers:
             parts = await self.service.uploaded_parts(unquote(segments[3]), credential=_credential(request))
             return data_response({"parts": parts})
         raise NotFound(f"no such gateway route: {path}")
-
-
-_UPLOAD_ROUTE_CLASSES: Final = {
-    ("POST", "_multipart"): "upload-start",
-    ("PUT", "_multipart"): "upload-part",
-    ("PUT", "_multipart_complete"): "upload-complete",
-    ("PUT", "_multipart_abort"): "upload-abort",
-    ("POST", ""): "legacy-start",
-    ("PUT", "_complete"): "legacy-complete",
-}
-
-
-def route_class(method: str, raw_path: str) -> str:
-    """A small, bounded label for metrics and logs: which kind of route answered."""
-    path = raw_path.partition("?")[0]
-    if path.startswith("/_gateway/"):
-        return "gateway"
-    if _under_imagefile(path):
-        shape = _imagefile_shape(path)
-        return "refused" if shape is None else _UPLOAD_ROUTE_CLASSES.get((method, shape[1]), "refused")
-    if path.startswith("/v1/imagefile/"):
-        return "download"
-    if path == DISCOVERY_PATH:
-        return "discovery"
-    if path == OCI_REDIRECT_PATH:
-        return "oci-redirect"
-    return "proxy"
-
-
-def _under_imagefile(raw_path: str) -> bool:
-    """Whether the registry could route the path to one of its ``v2/imagefile`` views.
-
-    sregistry's patterns (shub/apps/library/urls.py) are ``^v2/imagefile/(?P<id>.+?)/_complete?$``,
-    ``…/_multipart?$``, ``…/_multipart_abort?$``, ``…/_multipart_complete?$`` and ``^v2/imagefile/(?P<id>.+?)/?$``,
-    matched against the percent-decoded path: ``.+?`` spans slashes, ``?`` makes the last letter optional, and
-    the last pattern takes whatever the others leave. So every path under ``v2/imagefile/`` reaches one of its
-    upload views, and the gateway owns them all. The decoded, dot-normalised form also catches spellings that a
-    registry or a proxy in front of it may normalise (``%5F``, ``%2F``, ``//``, ``/x/../``)."""
-    if raw_path == "/v2/imagefile" or raw_path.startswith("/v2/imagefile/"):
-        return True
-    if "%" not in raw_path and "//" not in raw_path and "/." not in raw_path:
-        return False  # nothing to decode or normalise: the common case, without the work below
-    segments: list[str] = []
-    for segment in unquote(raw_path).split("/"):
-        if segment in ("", "."):
-            continue
-        if segment == "..":
-            if segments:
-                segments.pop()
-            continue
-        segments.append(segment)
-    return segments[:2] == ["v2", "imagefile"]
-
-
-def _imagefile_shape(raw_path: str) -> tuple[str, str] | None:
-    """``(image id, last segment or "")`` of ``/v2/imagefile/{id}`` or ``/v2/imagefile/{id}/{action}`` written
-    plainly; None for any other spelling. The id is checked later against the image id pattern, whose safe set
-    has no ``%``, so an encoded id never passes."""
-    segments = raw_path.split("/")  # ["", "v2", "imagefile", id, action?]
-    if segments[:3] != ["", "v2", "imagefile"] or len(segments) not in (4, 5):
-        return None
-    if len(segments) == 4:
-        return segments[3], ""
-    # A trailing slash (v2/imagefile/{id}/) is sregistry's legacy start too, but no client sends it: refused.
-    return (segments[3], segments[4]) if segments[4] else None
-
-
-def loggable_path(raw_path: str) -> str:
-    """The path without its query (presigned URLs and tokens never reach a log) and with upload tokens elided."""
-    path = raw_path.partition("?")[0]
-    if path.startswith("/_gateway/uploads/"):
-        return "/_gateway/uploads/…/parts"
-    return path[:512]
 
 
 def _credential(request: web.BaseRequest) -> str:
