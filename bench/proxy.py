@@ -5,7 +5,8 @@ run. Prints req/s, p99 latency and the proxy's CPU time per request (from /proc)
 
 Conditions: the proxy under test (nginx with one worker, or the gateway) is pinned to CPU 0; the upstream (a
 trivial aiohttp app on uvloop) and wrk (one thread) share CPU 1. nginx keeps 64 keep-alive connections to the
-upstream and logs nothing; the gateway runs at log level warning (no access log) unless the row says otherwise.
+upstream and logs nothing. The gateway runs its default configuration (log level info: one access line per
+request, written to stderr, which goes to a file as under a service manager) unless the row says otherwise.
 Runs alternate between the targets and the median is printed. Not a test: these machines are shared and noisy.
 
 ``--workers`` adds server.workers 1 vs 2. On a 2-core machine that cannot show scaling: one core must host wrk
@@ -40,6 +41,8 @@ PYTHON = sys.executable
 BODY = b'{"data":{"version":"1.1.24","apiVersion":"2.0.0-alpha.2"},"pad":"' + b"x" * 130 + b'"}'
 TICKS = os.sysconf("SC_CLK_TCK")
 PROXY_CPU = "0"
+DEFAULT_ROW = "gateway, default config"
+DIRECT_ROW = "direct to the upstream (CPU 0)"
 LOAD_CPU = "1"
 
 NGINX_CONF = """
@@ -110,11 +113,13 @@ def wait_http(url: str, timeout_s: float = 30.0) -> None:
 
 
 @contextmanager
-def running(argv: list[str], *, env: dict[str, str] | None = None, ready_url: str | None = None) -> Iterator[int]:
-    """Start a process (pinned by argv's taskset), yield its pid, stop it (SIGTERM, then SIGKILL) at exit."""
-    process = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+def running(
+    argv: list[str], *, env: dict[str, str] | None = None, ready_url: str | None = None, log: Path | None = None
+) -> Iterator[int]:
+    """Start a process (pinned by argv's taskset), yield its pid, stop it (SIGTERM, then SIGKILL) at exit.
+    Its stderr goes to ``log`` when given (the gateway's access log, written as users run it), else nowhere."""
+    with open(log or os.devnull, "ab") as stderr:
+        process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         if ready_url is not None:
             wait_http(ready_url)
@@ -136,15 +141,25 @@ def pinned(cpus: str, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpus, *argv]
 
 
+# The configuration's defaults (gateway_environment sets warning for the tests' quiet logs).
+DEFAULTS = {"SERVER_LOG_LEVEL": "info", "SERVER_EVENT_LOOP": "auto"}
+
+
 @contextmanager
 def gateway(
-    upstream_port: int, cpus: str = PROXY_CPU, environ: dict[str, str] | None = None, **settings: str
+    upstream_port: int,
+    directory: Path,
+    cpus: str = PROXY_CPU,
+    environ: dict[str, str] | None = None,
+    **settings: str,
 ) -> Iterator[tuple[int, str]]:
-    """A gateway process; ``settings`` become GATEWAY_* variables, ``environ`` is added as it is."""
+    """A gateway process in its default configuration but for ``settings`` (GATEWAY_* variables without the
+    prefix); ``environ`` is added as it is. Its log (stderr) is appended to a file in ``directory``."""
     port = free_port()
     argv = pinned(cpus, [PYTHON, "-m", "gateway", "serve"])
-    env = gateway_environment(f"http://127.0.0.1:{upstream_port}", port, **settings) | (environ or {})
-    with running(argv, env=env, ready_url=f"http://127.0.0.1:{port}/_gateway/healthz") as pid:
+    env = gateway_environment(f"http://127.0.0.1:{upstream_port}", port, **(DEFAULTS | settings)) | (environ or {})
+    log = directory / "gateway.log"
+    with running(argv, env=env, ready_url=f"http://127.0.0.1:{port}/_gateway/healthz", log=log) as pid:
         yield pid, f"http://127.0.0.1:{port}/"
 
 
@@ -302,18 +317,14 @@ def run(args: argparse.Namespace) -> None:
             targets = {
                 "nginx proxy_pass (1 worker)": lambda: nginx(upstream_port, directory),
                 "naive aiohttp proxy, uvloop": lambda: naive_proxy(upstream_port),
-                "gateway, asyncio": lambda: gateway(upstream_port, SERVER_EVENT_LOOP="asyncio"),
-                "gateway, uvloop": lambda: gateway(upstream_port, SERVER_EVENT_LOOP="uvloop"),
-                "gateway, uvloop, access log on": lambda: gateway(
-                    upstream_port, SERVER_EVENT_LOOP="uvloop", SERVER_LOG_LEVEL="info"
-                ),
+                DEFAULT_ROW: lambda: gateway(upstream_port, directory),
+                "gateway, log_level warning": lambda: gateway(upstream_port, directory, SERVER_LOG_LEVEL="warning"),
+                "gateway, asyncio loop": lambda: gateway(upstream_port, directory, SERVER_EVENT_LOOP="asyncio"),
             }
             if args.workers:
-                targets["gateway, 2 workers on CPU 0"] = lambda: gateway(
-                    upstream_port, SERVER_EVENT_LOOP="uvloop", SERVER_WORKERS="2"
-                )
+                targets["gateway, 2 workers on CPU 0"] = lambda: gateway(upstream_port, directory, SERVER_WORKERS="2")
                 targets["gateway, 2 workers on CPUs 0-1"] = lambda: gateway(
-                    upstream_port, cpus="0,1", SERVER_EVENT_LOOP="uvloop", SERVER_WORKERS="2"
+                    upstream_port, directory, cpus="0,1", SERVER_WORKERS="2"
                 )
             targets = {name: start for name, start in targets.items() if name in args.only or not args.only}
             for round_number in range(args.runs):
@@ -323,10 +334,11 @@ def run(args: argparse.Namespace) -> None:
                     samples.setdefault(name, []).append(sample)
                     print(f"  run {round_number + 1} {name}: {sample.requests_per_s:.0f} req/s", file=sys.stderr)
         # The upstream alone, on its own CPU, wrk on the other: the ceiling every proxy sits under.
-        with upstream(PROXY_CPU) as (pid, port):
-            samples["direct to the upstream (CPU 0)"] = [
-                measure(pid, f"http://127.0.0.1:{port}/version", args.duration, args.connections)
-            ]
+        if not args.only or DIRECT_ROW in args.only:
+            with upstream(PROXY_CPU) as (pid, port):
+                samples[DIRECT_ROW] = [
+                    measure(pid, f"http://127.0.0.1:{port}/version", args.duration, args.connections)
+                ]
     rows = {name: median(found) for name, found in samples.items()}
     if "nginx proxy_pass (1 worker)" not in rows:
         raise SystemExit("\n".join(f"{name}: {s}" for name, s in rows.items()))
