@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.logs import MAX_BATCHED_LINES, REQUEST_ID, AccessLog, BatchingStreamHandler, JsonFormatter
+from gateway.logs import MAX_BATCHED_LINES, REQUEST_ID, AccessLog, BatchingStreamHandler, JsonFormatter, json_line
 from tests.proxy_harness import gateway_process
 
 
@@ -171,3 +171,19 @@ async def test_the_server_writes_one_access_line_per_request_with_its_request_id
     assert [(a["route"], a["status"], a["request_id"], a["path"]) for a in access] == [
         ("proxy", "200", f"id-{n}", "/v1/version") for n in range(3)
     ]
+
+
+def test_lines_stay_ascii_json_whatever_the_values_hold() -> None:
+    # Undecodable request bytes arrive as lone surrogates; orjson refuses those and integers beyond 64 bits, and
+    # writes non-ASCII text raw: such lines fall back to the stdlib encoder, so every line stays ASCII JSON.
+    fields: dict[str, object] = {
+        "path": "/v1/\udcff",
+        "name": "é",
+        "big": 2**70,
+        "when": datetime(2024, 1, 2, tzinfo=UTC),
+        "kinds": {"part"},
+        "ms": 1.5,
+    }
+    line = json_line(fields)
+    assert line.isascii()
+    assert json.loads(line) == fields | {"when": "2024-01-02 00:00:00+00:00", "kinds": "{'part'}"}
