@@ -260,9 +260,10 @@ class Sample:
     cpu_share: float  # of one core
 
 
-def wrk(url: str, duration_s: float, connections: int) -> tuple[int, float, float, float]:
-    """(requests, req/s, p99 ms, seconds) from one wrk run on the load CPU."""
-    argv = pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{int(duration_s)}s", "--latency", url])
+def wrk(url: str, duration_s: float, connections: int, script: Path | None = None) -> tuple[int, float, float, float]:
+    """(requests, req/s, p99 ms, seconds) from one wrk run on the load CPU; ``script``: a wrk Lua script."""
+    options = ["-s", str(script)] if script else []
+    argv = pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{int(duration_s)}s", "--latency", *options, url])
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=True).stdout
     requests_match = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
     rate_match = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -276,10 +277,13 @@ def wrk(url: str, duration_s: float, connections: int) -> tuple[int, float, floa
     return int(requests_match[1]), float(rate_match[1]), p99, seconds
 
 
-def measure(pid: int, url: str, duration_s: float, connections: int) -> Sample:
-    wrk(url, 2, connections)  # warm up: pools filled, code paths hot
+def measure(
+    pid: int, url: str, duration_s: float, connections: int, script: Path | None = None, warm_up_s: int = 2
+) -> Sample:
+    if warm_up_s:
+        wrk(url, warm_up_s, connections, script)  # pools filled, code paths hot
     cpu_before = cpu_seconds(pid)
-    requests, rate, p99, seconds = wrk(url, duration_s, connections)
+    requests, rate, p99, seconds = wrk(url, duration_s, connections, script)
     cpu = cpu_seconds(pid) - cpu_before
     return Sample(rate, p99, cpu / requests * 1e6, cpu / seconds)
 
