@@ -25,6 +25,7 @@ __all__ = [
     "BatchingStreamHandler",
     "REDACT_PARSER_ERRORS",
     "REQUEST_ID",
+    "ROUTE_LOG",
     "UPLOAD_FIELDS",
     "note_upload",
     "JsonFormatter",
@@ -210,13 +211,14 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class AccessLog:
-    """The one line per request. Once setup_logging has installed the server's handler, lines are formatted and
-    queued straight onto it: building and dispatching a LogRecord cost about as much as the line itself, per
-    request. Otherwise (tests, embedding) they are ordinary records of the ``gateway.access`` logger. Either way
-    that logger's level decides, and the line is the same."""
+    """An info line a request makes: the access line (one per request) and the upload route's line. Once
+    setup_logging has installed the server's handler, lines are formatted and queued straight onto it: building
+    and dispatching a LogRecord cost about as much as the line itself, per request. Otherwise (tests, embedding)
+    they are ordinary records of their logger. Either way that logger's level decides, and the line is the same."""
 
-    def __init__(self) -> None:
-        self.logger = logging.getLogger("gateway.access")
+    def __init__(self, logger: str = "gateway.access", message: str = "request") -> None:
+        self.logger = logging.getLogger(logger)
+        self.message = message
         self._handler: BatchingStreamHandler | None = None
         self._formatter = JsonFormatter()
 
@@ -228,13 +230,13 @@ class AccessLog:
 
     def write(self, fields: dict[str, object]) -> None:
         if self._handler is None:
-            self.logger.info("request", extra=fields)
+            self.logger.info(self.message, extra=fields)
             return
         entry: dict[str, object] = {
             "time": self._formatter.time_text(time.time()),
             "level": "info",
-            "logger": "gateway.access",
-            "message": "request",
+            "logger": self.logger.name,
+            "message": self.message,
         }
         request_id = REQUEST_ID.get()
         if request_id:
@@ -244,6 +246,7 @@ class AccessLog:
 
 
 ACCESS_LOG = AccessLog()
+ROUTE_LOG = AccessLog("gateway.routes", "upload route")  # the upload routes' own line, with what they learnt
 
 
 def setup_logging(level: str) -> None:
@@ -255,6 +258,7 @@ def setup_logging(level: str) -> None:
     formatter = JsonFormatter()
     handler.setFormatter(formatter)
     ACCESS_LOG.write_to(handler, formatter)
+    ROUTE_LOG.write_to(handler, formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

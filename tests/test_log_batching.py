@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.logs import MAX_BATCHED_LINES, REQUEST_ID, AccessLog, BatchingStreamHandler, JsonFormatter, json_line
 from tests.proxy_harness import gateway_process
+from tests.stack import free_port
 
 
 class CountingStream(io.StringIO):
@@ -187,3 +188,27 @@ def test_lines_stay_ascii_json_whatever_the_values_hold() -> None:
     line = json_line(fields)
     assert line.isascii()
     assert json.loads(line) == fields | {"when": "2024-01-02 00:00:00+00:00", "kinds": "{'part'}"}
+
+
+async def test_the_server_writes_the_upload_route_line_and_the_access_line_straight_to_its_log(
+    tmp_path: Path,
+) -> None:
+    upstream = f"http://127.0.0.1:{free_port()}"  # never called: the gateway answers upload routes itself
+    async with gateway_process(upstream, tmp_path, SERVER_LOG_LEVEL="info") as gateway:
+        async with aiohttp.ClientSession() as session:
+            headers = {"X-Request-Id": "part-1"}
+            async with session.put(f"{gateway.url}/v2/imagefile/42/_multipart", data=b"{", headers=headers) as answer:
+                assert answer.status == 400
+    lines = [json.loads(line) for line in gateway.log_path.read_text().splitlines()]
+    mine = [line for line in lines if line.get("request_id") == "part-1"]
+    assert [(line["logger"], line["message"], line["route"]) for line in mine] == [
+        ("gateway.routes", "upload route", "upload-part"),
+        ("gateway.access", "request", "upload-part"),
+    ]
+    # The route line names what the handler did ("error": it raised), the access line what the client got.
+    assert (mine[0]["event"], mine[0]["image_id"], mine[0]["outcome"], mine[1]["status"]) == (
+        "route",
+        "42",
+        "error",
+        "400",
+    )
