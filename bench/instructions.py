@@ -10,13 +10,16 @@ client runs outside valgrind, keeps ``--connections`` keep-alive connections bus
 each answer arrives, like wrk. ``--keep`` leaves the callgrind files in a directory for callgrind_annotate.
 
 Configurations (``--config``, repeatable): ``default`` (log level info: an access line per request, to a file),
-``warning`` (log level warning: no access line). Differences between them are what the access line costs.
+``warning`` (log level warning: no access line). Differences between them are what the access line costs. For
+``--route presign`` also ``botocore`` and ``trivial``: bench/presign_endpoint.py's reference endpoint and trivial
+handler, on aiohttp's application server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -27,10 +30,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.presign_endpoint import wait_port  # noqa: E402
 from bench.proxy import running, upstream, wait_http  # noqa: E402
 from tests.proxy_harness import gateway_environment  # noqa: E402
 from tests.stack import free_port  # noqa: E402
 
+# For the presign route: the aiohttp endpoint signing with botocore, and the trivial handler.
+REFERENCES = {"botocore": "--serve-reference", "trivial": "--serve-trivial"}
 CONFIGS = {
     "default": {"SERVER_LOG_LEVEL": "info", "SERVER_EVENT_LOOP": "auto"},
     "warning": {"SERVER_LOG_LEVEL": "warning", "SERVER_EVENT_LOOP": "auto"},
@@ -95,21 +101,26 @@ def measure(config: str, route: str, count: int, connections: int, keep: Path | 
             old.unlink()
         port = free_port()
         with upstream() as (_, upstream_port):
-            settings = CONFIGS[config] | {"SERVER_WORKERS": "1"}
-            env = gateway_environment(f"http://127.0.0.1:{upstream_port}", port, **settings)
+            if config in REFERENCES:  # bench/presign_endpoint.py's aiohttp applications
+                env = dict(os.environ)
+                command = [sys.executable, str(ROOT / "bench" / "presign_endpoint.py"), REFERENCES[config], str(port)]
+            else:
+                settings = CONFIGS[config] | {"SERVER_WORKERS": "1"}
+                env = gateway_environment(f"http://127.0.0.1:{upstream_port}", port, **settings)
+                command = [sys.executable, "-m", "gateway", "serve"]
             env["PYTHONHASHSEED"] = "0"
             argv = [
                 "valgrind",
                 "--tool=callgrind",
                 "--instr-atstart=no",
                 f"--callgrind-out-file={directory}/callgrind.out.%p",
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
+                *command,
             ]
             with running(argv, env=env, log=Path(temp) / "gateway.log") as pid:
-                wait_http(f"http://127.0.0.1:{port}/_gateway/healthz", timeout_s=180)
+                if config in REFERENCES:
+                    wait_port(port, timeout_s=180)
+                else:
+                    wait_http(f"http://127.0.0.1:{port}/_gateway/healthz", timeout_s=180)
                 request = get_request(port) if route == "get" else presign_request(port)
                 send(port, request, 200, connections)  # warm up
                 control(pid, "-i", "on")
@@ -126,7 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--config", action="append", choices=sorted(CONFIGS), default=[])
+    parser.add_argument("--config", action="append", choices=sorted(CONFIGS | REFERENCES), default=[])
     parser.add_argument("--route", choices=("get", "presign"), default="get")
     parser.add_argument("--keep", type=Path, help="keep the callgrind files here (one configuration)")
     args = parser.parse_args()

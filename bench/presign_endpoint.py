@@ -156,11 +156,11 @@ def reference_server(trivial: bool) -> Iterator[tuple[int, str]]:
     argv = pinned(PROXY_CPU, [PYTHON, str(Path(__file__).resolve()), mode, str(port)])
     with running(argv) as pid:
         url = f"http://127.0.0.1:{port}{PATH}"
-        _wait_port(port)
+        wait_port(port)
         yield pid, url
 
 
-def _wait_port(port: int, timeout_s: float = 30.0) -> None:
+def wait_port(port: int, timeout_s: float = 30.0) -> None:
     import socket
 
     deadline = time.monotonic() + timeout_s
