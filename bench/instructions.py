@@ -5,7 +5,8 @@
 Each configuration starts the gateway under ``valgrind --tool=callgrind`` with collection off, warms it up,
 collects only while a fixed number of requests is answered (``callgrind_control -i on/off``), and prints the
 instructions per request. Routes: ``get`` (a small GET forwarded to a trivial upstream, bench/proxy.py's) and
-``presign`` (``PUT v2/imagefile/{id}/_multipart``, answered by the gateway itself: no upstream call). The
+``presign`` (``PUT v2/imagefile/{id}/_multipart``, answered by the gateway itself: no upstream call), ``healthz``
+(the gateway's cheapest answer: its floor). The
 client runs outside valgrind, keeps ``--connections`` keep-alive connections busy, and sends a new request as
 each answer arrives, like wrk. ``--keep`` leaves the callgrind files in a directory for callgrind_annotate.
 
@@ -43,8 +44,8 @@ CONFIGS = {
 }
 
 
-def get_request(port: int) -> bytes:
-    return f"GET /version HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: bench\r\n\r\n".encode()
+def get_request(port: int, path: str = "/version") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: bench\r\n\r\n".encode()
 
 
 def presign_request(port: int) -> bytes:
@@ -121,7 +122,11 @@ def measure(config: str, route: str, count: int, connections: int, keep: Path | 
                     wait_port(port, timeout_s=180)
                 else:
                     wait_http(f"http://127.0.0.1:{port}/_gateway/healthz", timeout_s=180)
-                request = get_request(port) if route == "get" else presign_request(port)
+                request = {
+                    "get": lambda: get_request(port),
+                    "healthz": lambda: get_request(port, "/_gateway/healthz"),
+                    "presign": lambda: presign_request(port),
+                }[route]()
                 send(port, request, 200, connections)  # warm up
                 control(pid, "-i", "on")
                 started = time.monotonic()
@@ -138,7 +143,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--config", action="append", choices=sorted(CONFIGS | REFERENCES), default=[])
-    parser.add_argument("--route", choices=("get", "presign"), default="get")
+    parser.add_argument("--route", choices=("get", "healthz", "presign"), default="get")
     parser.add_argument("--keep", type=Path, help="keep the callgrind files here (one configuration)")
     args = parser.parse_args()
     configs = args.config or ["default", "warning"]

@@ -17,6 +17,7 @@ the load generator. It shows that workers cost nothing and that the port is shar
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -41,6 +42,7 @@ PYTHON = sys.executable
 BODY = b'{"data":{"version":"1.1.24","apiVersion":"2.0.0-alpha.2"},"pad":"' + b"x" * 130 + b'"}'
 TICKS = os.sysconf("SC_CLK_TCK")
 PROXY_CPU = "0"
+NGINX_ROW = "nginx proxy_pass (1 worker)"
 DEFAULT_ROW = "gateway, default config"
 DIRECT_ROW = "direct to the upstream (CPU 0)"
 LOAD_CPU = "1"
@@ -351,6 +353,9 @@ def run(args: argparse.Namespace) -> None:
         f"median of {args.runs} run(s); proxy on CPU {PROXY_CPU}, upstream + wrk on CPU {LOAD_CPU}"
     )
     report(rows, "nginx proxy_pass (1 worker)")
+    if args.json:
+        found = {"connections": args.connections, "duration_s": args.duration, "reference": NGINX_ROW}
+        args.json.write_text(json.dumps(found | {"targets": {n: [vars(s) for s in r] for n, r in samples.items()}}))
 
 
 def main() -> None:
@@ -360,6 +365,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="rounds over all targets (median reported)")
     parser.add_argument("--workers", action="store_true", help="also server.workers = 2 (see the module doc)")
     parser.add_argument("--only", action="append", default=[], metavar="TARGET", help="measure only these rows")
+    parser.add_argument("--json", type=Path, help="also write the samples here (bench/plot.py reads them)")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-naive-proxy", type=int, nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
