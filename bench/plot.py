@@ -71,7 +71,7 @@ def plot(found: list[tuple[str, list[float], float, str]], out: Path, caption: s
         axes.errorbar(middle, y, xerr=[[middle - min(ratios)], [max(ratios) - middle]], color="black", capsize=4)
         axes.plot([goal, goal], [y - 0.4, y + 0.4], color="black", linewidth=2, linestyle=":")
         axes.text(
-            max(ratios) * 1.03,
+            max(*ratios, goal) * 1.05,
             y,
             f"{middle:.2f}x (goal {'≥' if better == '>' else '≤'} {goal:g}x)",
             va="center",
