@@ -212,3 +212,28 @@ async def test_the_server_writes_the_upload_route_line_and_the_access_line_strai
         "error",
         "400",
     )
+
+
+async def test_a_background_handler_writes_off_the_event_loop_thread_in_order_and_close_writes_the_rest() -> None:
+    writers: list[threading.Thread] = []
+
+    class RecordingStream(CountingStream):
+        def write(self, text: str) -> int:
+            writers.append(threading.current_thread())
+            return super().write(text)
+
+    stream = RecordingStream()
+    handler = BatchingStreamHandler(stream, background=True)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger(f"test.background.{id(stream)}")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for n in range(3):
+        log.info("request %d", n)
+    await asyncio.sleep(0)
+    log.warning("trouble")
+    log.info("last")
+    handler.close()  # "last" is still pending, and batches may still be queued: close writes them all
+    assert messages(stream) == ["request 0", "request 1", "request 2", "trouble", "last"]
+    assert writers and threading.current_thread() not in writers  # a slow disk never stalls the loop
