@@ -6,7 +6,6 @@ or refused unless written plainly; only the legacy ``_complete`` is forwarded), 
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
 
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -30,7 +30,7 @@ from .errors import (
 )
 from .legacy_upload import LegacyUpload
 from .locations import LocationPolicy
-from .logs import UPLOAD_FIELDS
+from .logs import ROUTE_LOG, UPLOAD_FIELDS
 from .metrics import Metrics
 from .proxy import Forwarder, ForwardingPolicy, expects_continue, send_continue
 from .readiness import Readiness
@@ -43,7 +43,6 @@ from .uploads import LegacyStartRequest, check_image_id
 
 __all__ = ["MAX_JSON_BODY", "Handlers", "data_response"]
 
-log = logging.getLogger("gateway.routes")
 
 MAX_JSON_BODY: Final = 1024 * 1024  # intercepted routes carry small JSON bodies
 # Headers of an answer that no longer fit once its body is rewritten (hop-by-hop ones are gone already).
@@ -55,17 +54,27 @@ UploadHandler = Callable[[web.BaseRequest, str], Awaitable[Any]]
 
 
 def data_response(data: Any, *, status: int = 200) -> web.Response:
-    return web.json_response({"data": data}, status=status)
+    """``{"data": ...}`` as web.json_response sends it, encoded by orjson (a tenth of the stdlib's cost)."""
+    return web.Response(
+        body=orjson.dumps({"data": data}), status=status, content_type="application/json", charset="utf-8"
+    )
 
 
 async def read_small_body(request: web.BaseRequest) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+    content_length = request.content_length
+    if content_length is not None and content_length > MAX_JSON_BODY:
         raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
     if request.body_exists and expects_continue(request):
         await send_continue(request)
+    content = request.content
+    if content.is_eof():  # the whole body is here already (a small one usually comes with the head): take it
+        whole = content.read_nowait()
+        if len(whole) > MAX_JSON_BODY:
+            raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
+        return whole
     # read(n) returns what has arrived so far, not n bytes: loop until the end of the body or past the cap.
     body = bytearray()
-    while chunk := await request.content.read(MAX_JSON_BODY + 1 - len(body)):
+    while chunk := await content.read(MAX_JSON_BODY + 1 - len(body)):
         body += chunk
         if len(body) > MAX_JSON_BODY:
             raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
@@ -150,18 +159,18 @@ class Handlers:
             outcome = str(response.status)
             return response
         finally:
-            log.info(
-                "upload route",
-                extra={
-                    "event": "route",
-                    "route": route.name,
-                    "method": request.method,
-                    "image_id": route.image_id[:128],
-                    "outcome": outcome,
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
-                    **fields,
-                },
-            )
+            if ROUTE_LOG.enabled():
+                ROUTE_LOG.write(
+                    {
+                        "event": "route",
+                        "route": route.name,
+                        "method": request.method,
+                        "image_id": route.image_id[:128],
+                        "outcome": outcome,
+                        "ms": round((time.perf_counter() - started) * 1000, 2),
+                        **fields,
+                    }
+                )
 
     # -- the library API's upload routes ----------------------------------------------------------------
 

@@ -135,7 +135,8 @@ class UploadService:
 
     def presign_part(self, image_id: str, body: bytes, *, credential: str) -> dict[str, str]:
         request = PartRequest.parse(body)
-        grant = self.open_grant(request.upload_token, image_id, credential)
+        now = self.clock()  # one reading for the token's expiry and the URL's date
+        grant = self.sealer.open(request.upload_token, image_id=image_id, credential=credential, now=now.timestamp())
         if request.part_number > grant.total_parts:
             raise InvalidRequest(f"partNumber: this upload has {grant.total_parts} parts")
         expected = grant.expected_part_size(request.part_number)
@@ -148,7 +149,7 @@ class UploadService:
             self.locations.external,
             grant.bucket,
             grant.key,
-            now=self.clock(),
+            now=now,
             expires_s=self.config.uploads.url_expiry_seconds,
             query={"partNumber": str(request.part_number), "uploadId": grant.upload_id},
             payload_sha256=request.sha256,
