@@ -7,7 +7,7 @@
 #   docker run -v $PWD/gateway.toml:/etc/signing-gateway/gateway.toml:ro signing-gateway \
 #       serve --config /etc/signing-gateway/gateway.toml                     # or by a file (the variables still win)
 #
-# The install steps live in deploy/docker/install.sh, which tests/test_deploy_files.py runs too.
+# The install steps live in deploy/docker/install.sh, which tests/e2e/test_deploy_files.py runs too.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 

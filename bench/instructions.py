@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.presign_endpoint import wait_port  # noqa: E402
 from bench.proxy import running, upstream, wait_http  # noqa: E402
-from tests.proxy_harness import gateway_environment  # noqa: E402
-from tests.stack import free_port  # noqa: E402
+from tests.support.proxy_harness import gateway_environment  # noqa: E402
+from tests.support.stack import free_port  # noqa: E402
 
 # For the presign route: the aiohttp endpoint signing with botocore, and the trivial handler.
 REFERENCES = {"botocore": "--serve-reference", "trivial": "--serve-trivial"}

@@ -24,7 +24,7 @@ from minio import Minio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from gateway.sigv4 import Credentials, Endpoint, Signer  # noqa: E402
+from gateway.core.sigv4 import Credentials, Endpoint, Signer  # noqa: E402
 
 ENDPOINT = "http://minio.example.org:9000"
 ACCESS_KEY = SECRET_KEY = "minioadmin"

@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.proxy import PROXY_CPU, PYTHON, Sample, gateway, measure, pinned, running  # noqa: E402
-from gateway.tokens import TokenSealer, UploadGrant  # noqa: E402
-from tests.gateway_fixtures import TOKEN_SECRET  # noqa: E402
-from tests.stack import free_port  # noqa: E402
+from gateway.core.tokens import TokenSealer, UploadGrant  # noqa: E402
+from tests.support.gateway_fixtures import TOKEN_SECRET  # noqa: E402
+from tests.support.stack import free_port  # noqa: E402
 
 IMAGE_ID = "42"
 PATH = f"/v2/imagefile/{IMAGE_ID}/_multipart"
@@ -102,8 +102,8 @@ def serve(port: int, trivial: bool) -> None:
     from aiohttp import web
     from botocore.config import Config
 
-    from gateway.tokens import credential_of
-    from gateway.uploads import PartRequest, check_image_id
+    from gateway.core.bodies import PartRequest, check_image_id
+    from gateway.core.tokens import credential_of
 
     client = botocore.session.get_session().create_client(
         "s3",

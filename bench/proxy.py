@@ -35,8 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import free_port  # noqa: E402
-from tests.proxy_harness import gateway_environment  # noqa: E402
+from tests.support.processes import free_port  # noqa: E402
+from tests.support.proxy_harness import gateway_environment  # noqa: E402
 
 PYTHON = sys.executable
 BODY = b'{"data":{"version":"1.1.24","apiVersion":"2.0.0-alpha.2"},"pad":"' + b"x" * 130 + b'"}'

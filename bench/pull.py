@@ -6,7 +6,7 @@ ratio 303 / keep.
 
 Clients (all pull the same pushed image from two gateways in front of one sregistry fake and one S3):
   * Apptainer 1.0.x's ``apptainer pull``: library client v1.2.2 ``ConcurrentDownloadImage`` (the real one, built
-    from tests/realclient/). On a 302 it fails; on a 303 it probes, then ranged GETs of 5 MiB, 3 at a time.
+    from tests/support/realclient/). On a 302 it fails; on a 303 it probes, then ranged GETs of 5 MiB, 3 at a time.
   * the same client's ``DownloadImage``: one GET that Go's http.Client follows through the redirect, single
     stream. This is the data path of the v1.3.1+/v1.4.x clients on a 302 (they follow it themselves); on a 303
     they take the ranged path above (read from their sources: they cannot be built offline).
@@ -38,16 +38,16 @@ from aiohttp.test_utils import TestServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.app import Gateway  # noqa: E402
-from gateway.client.pull import PullOptions, pull  # noqa: E402
-from gateway.client.push import PushOptions, push  # noqa: E402
-from gateway.client.refs import parse_ref  # noqa: E402
-from tests.gateway_fixtures import GatewayTestServer  # noqa: E402
-from tests.realclient import RealClient, build_realclient  # noqa: E402
-from tests.registry import make_registry_app  # noqa: E402
-from tests.s3_fixtures import serving  # noqa: E402
-from tests.s3servers import RadosGW, S3Server, SeaweedFS  # noqa: E402
-from tests.stack import TOKEN, USER, free_port, registry_settings, stack_config  # noqa: E402
+from gateway.face.handler import Gateway  # noqa: E402
+from gateway.libclient.pull import PullOptions, pull  # noqa: E402
+from gateway.libclient.push import PushOptions, push  # noqa: E402
+from gateway.libclient.refs import parse_ref  # noqa: E402
+from tests.support.gateway_fixtures import GatewayTestServer  # noqa: E402
+from tests.support.realclient import RealClient, build_realclient  # noqa: E402
+from tests.support.registry import make_registry_app  # noqa: E402
+from tests.support.s3_fixtures import serving  # noqa: E402
+from tests.support.s3servers import RadosGW, S3Server, SeaweedFS  # noqa: E402
+from tests.support.stack import TOKEN, USER, free_port, registry_settings, stack_config  # noqa: E402
 
 MIB = 1024 * 1024
 MODES = ("keep", "303")

@@ -24,17 +24,17 @@ from aiohttp.test_utils import TestServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.app import Gateway  # noqa: E402
-from gateway.client.push import PushOptions, push  # noqa: E402
-from gateway.client.refs import parse_ref  # noqa: E402
-from gateway.sigv4 import Credentials, Endpoint, Signer  # noqa: E402
-from tests.gateway_fixtures import GatewayTestServer  # noqa: E402
-from tests.processes import free_port  # noqa: E402
-from tests.realclient import RealClient, build_realclient  # noqa: E402
-from tests.registry import make_registry_app  # noqa: E402
-from tests.s3_fixtures import BUCKET, serving  # noqa: E402
-from tests.s3servers import SeaweedFS  # noqa: E402
-from tests.stack import TOKEN, USER, registry_settings, stack_config  # noqa: E402
+from gateway.core.sigv4 import Credentials, Endpoint, Signer  # noqa: E402
+from gateway.face.handler import Gateway  # noqa: E402
+from gateway.libclient.push import PushOptions, push  # noqa: E402
+from gateway.libclient.refs import parse_ref  # noqa: E402
+from tests.support.gateway_fixtures import GatewayTestServer  # noqa: E402
+from tests.support.processes import free_port  # noqa: E402
+from tests.support.realclient import RealClient, build_realclient  # noqa: E402
+from tests.support.registry import make_registry_app  # noqa: E402
+from tests.support.s3_fixtures import BUCKET, serving  # noqa: E402
+from tests.support.s3servers import SeaweedFS  # noqa: E402
+from tests.support.stack import TOKEN, USER, registry_settings, stack_config  # noqa: E402
 
 MIB = 1024 * 1024
 

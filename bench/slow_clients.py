@@ -36,8 +36,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.proxy_harness import memory_kib, socket_inodes, wait_healthy  # noqa: E402
-from tests.stack import free_port  # noqa: E402
+from tests.support.proxy_harness import memory_kib, socket_inodes, wait_healthy  # noqa: E402
+from tests.support.stack import free_port  # noqa: E402
 
 MIB = 1024 * 1024
 TOKEN = hashlib.sha1(b"alice").hexdigest()
@@ -99,7 +99,7 @@ async def start_registry(storage: Path) -> tuple[asyncio.subprocess.Process, str
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.registry",
+        "tests.support.registry",
         "--flavour",
         "selfhosted",
         "--storage-dir",

@@ -1,4 +1,4 @@
-"""Fuzz target: the validators of the intercepted routes' JSON bodies (gateway.uploads).
+"""Fuzz target: the validators of the intercepted routes' JSON bodies (gateway.core.bodies).
 
 Run: ``python -m fuzz.fuzz_bodies [libFuzzer flags] [corpus dir]`` from the repository root (see fuzz/run.py).
 
@@ -20,14 +20,14 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports():
-    from gateway.plan import MAX_FILESIZE, MAX_PART_SIZE, MAX_PARTS
-    from gateway.uploads import (
+    from gateway.core.bodies import (
         AbortRequest,
         CompleteRequest,
         LegacyStartRequest,
         PartRequest,
         StartRequest,
     )
+    from gateway.core.plan import MAX_FILESIZE, MAX_PART_SIZE, MAX_PARTS
 
 from fuzz.harness import ClientError, refused_as_client_error
 

@@ -1,4 +1,4 @@
-"""Fuzz target: the parser of the registry's answers (gateway/http1.py), the bytes the gateway frames before
+"""Fuzz target: the parser of the registry's answers (gateway/core/http1.py), the bytes the gateway frames before
 streaming them to a client.
 
 Run: ``python -m fuzz.fuzz_http1 [libFuzzer flags] [corpus dir]`` from the repository root (see fuzz/run.py).
@@ -15,7 +15,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from gateway.http1 import ChunkedDecoder, ProtocolError, parse_response_head
+    from gateway.core.http1 import ChunkedDecoder, ProtocolError, parse_response_head
 
 SEED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-A: b"
 

@@ -24,7 +24,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from gateway.tokens import TOKEN_VERSION, TokenSealer, UploadGrant
+    from gateway.core.tokens import TOKEN_VERSION, TokenSealer, UploadGrant
 
 from fuzz.harness import ClientError, refused_as_client_error
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from gateway.errors import GatewayError
+from gateway.core.errors import GatewayError
 
 __all__ = ["ClientError", "refused_as_client_error"]
 

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from . import __version__
-from .client.cli import add_commands as add_client_commands
-from .client.cli import run as run_client
-from .config import Config, ConfigError, load_config, masked
-from .sigv4 import MAX_EXPIRES_S, Credentials, Signer
+from .core.config import Config, ConfigError, load_config, masked
+from .core.sigv4 import MAX_EXPIRES_S, Credentials, Signer
+from .libclient.cli import add_commands as add_client_commands
+from .libclient.cli import run as run_client
 
 __all__ = ["main"]
 
@@ -86,18 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sweep":
         return asyncio.run(_sweep(config, args))
     if args.command == "doctor":
-        from .doctor import run_doctor
+        from .ops.doctor import run_doctor
 
         return asyncio.run(run_doctor(config))
-    from .server import serve  # aiohttp is imported only when serving
+    from .face.server import serve  # aiohttp is imported only when serving
 
     serve(config)
     return 0
 
 
 async def _sweep(config: Config, args: argparse.Namespace) -> int:
-    from .s3 import S3Client, S3Error, S3Settings
-    from .sweeper import sweep
+    from .edges.s3 import S3Client, S3Error, S3Settings
+    from .ops.sweeper import sweep
 
     grace = args.grace_seconds if args.grace_seconds is not None else config.uploads.sweep_grace_seconds
     async with S3Client(S3Settings.of(config.s3)) as s3:

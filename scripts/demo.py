@@ -21,16 +21,16 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.app import Gateway, GatewayRunner  # noqa: E402
-from gateway.client.pull import PullOptions, pull  # noqa: E402
-from gateway.client.push import PushOptions, push  # noqa: E402
-from gateway.client.refs import parse_ref  # noqa: E402
-from gateway.config import load_config  # noqa: E402
-from tests.processes import free_port  # noqa: E402
-from tests.registry import REQUEST_LOG, make_registry_app  # noqa: E402
-from tests.s3_fixtures import BUCKET, serving  # noqa: E402
-from tests.s3servers import SeaweedFS  # noqa: E402
-from tests.stack import TOKEN, USER, registry_settings  # noqa: E402
+from gateway.core.config import load_config  # noqa: E402
+from gateway.face.handler import Gateway, GatewayRunner  # noqa: E402
+from gateway.libclient.pull import PullOptions, pull  # noqa: E402
+from gateway.libclient.push import PushOptions, push  # noqa: E402
+from gateway.libclient.refs import parse_ref  # noqa: E402
+from tests.support.processes import free_port  # noqa: E402
+from tests.support.registry import REQUEST_LOG, make_registry_app  # noqa: E402
+from tests.support.s3_fixtures import BUCKET, serving  # noqa: E402
+from tests.support.s3servers import SeaweedFS  # noqa: E402
+from tests.support.stack import TOKEN, USER, registry_settings  # noqa: E402
 
 MIB = 1024 * 1024
 

@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer
 
-from gateway.app import Gateway
-from tests.gateway_fixtures import make_test_server
+from gateway.face.handler import Gateway
+from tests.support.gateway_fixtures import make_test_server
 
-pytest_plugins = ["tests.s3_fixtures", "tests.realclient_fixtures"]
+pytest_plugins = ["tests.support.s3_fixtures", "tests.support.realclient_fixtures"]
 
 
 @pytest.fixture

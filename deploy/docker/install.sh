@@ -1,6 +1,6 @@
 #!/bin/sh
 # Build and install signing-gateway. The Dockerfile runs exactly these steps, and so does
-# tests/test_deploy_files.py, so the image's install cannot drift from what the tests check.
+# tests/e2e/test_deploy_files.py, so the image's install cannot drift from what the tests check.
 #
 #   install.sh wheels SOURCE_DIR WHEEL_DIR   build stage: the gateway's wheel and a wheel of every dependency
 #   install.sh venv WHEEL_DIR VENV_DIR       final stage: a fresh virtualenv from those wheels only (no index,

@@ -1,0 +1,137 @@
+"""Calls the gateway makes to the registry itself: the legacy upload start (which is how the gateway asks who
+may push), ``_complete``, and the relay PUT of an assembled image to a registry that stores uploads itself."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from ..core.errors import RelayFailed, UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
+from ..core.request_context import REQUEST_ID
+from .forwarder import SKIP_AUTO_HEADERS
+
+__all__ = ["Registry", "UpstreamAnswer", "error_message", "json_or_none"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    status: int
+    body: bytes
+    json: Any  # the decoded body, or None when it is not JSON
+
+
+def error_message(answer: UpstreamAnswer) -> str:
+    """The registry's own error text when it sent the library error shape, else a plain one."""
+    if isinstance(answer.json, dict):
+        error = answer.json.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+            return str(error["message"])
+    return f"registry refused the request ({answer.status})"
+
+
+class Registry:
+    def __init__(self, session: aiohttp.ClientSession, base: URL, *, read_timeout_s: float) -> None:
+        self.session = session
+        self.base = base.origin()
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout_s)
+
+    async def call(self, method: str, path: str, *, headers: CIMultiDict[str], body: bytes) -> UpstreamAnswer:
+        """One small JSON call; raises UpstreamUnavailable/UpstreamTimeout when the registry can't be reached."""
+        headers = CIMultiDict(headers)
+        headers["Host"] = self.base.raw_authority
+        if request_id := REQUEST_ID.get():
+            headers["X-Request-Id"] = request_id
+        try:
+            async with self.session.request(
+                method,
+                URL(str(self.base) + path, encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                timeout=self.timeout,
+            ) as response:
+                raw = await response.read()
+                return UpstreamAnswer(response.status, raw, json_or_none(raw))
+        except TimeoutError as exc:
+            raise UpstreamTimeout("registry did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"registry unreachable: {exc.__class__.__name__}") from exc
+
+    async def start_upload(self, image_id: str, *, headers: CIMultiDict[str], filesize: int) -> str:
+        """Ask the registry for a legacy upload URL: its consent that this caller may push this image."""
+        answer = await self.call(
+            "POST", f"/v2/imagefile/{image_id}", headers=headers, body=json.dumps({"filesize": filesize}).encode()
+        )
+        raise_for_refusal(answer)
+        data = answer.json.get("data") if isinstance(answer.json, dict) else None
+        url = data.get("uploadURL") if isinstance(data, dict) else None
+        if not isinstance(url, str) or not url:
+            raise UpstreamUnavailable("registry answered the upload start without an uploadURL")
+        return url
+
+    async def complete_upload(self, image_id: str, *, headers: CIMultiDict[str]) -> dict[str, Any]:
+        answer = await self.call("PUT", f"/v2/imagefile/{image_id}/_complete", headers=headers, body=b"{}")
+        raise_for_refusal(answer)
+        # The client JSON-decodes this answer; sregistry's is empty, so send {} unless there is an object.
+        return answer.json if isinstance(answer.json, dict) else {}
+
+    async def put_stream(self, url: str, body: AsyncIterable[bytes], *, length: int) -> None:
+        """Relay: stream an image to the registry's own upload URL with Content-Length (uWSGI refuses chunked)."""
+        headers = {"Content-Length": str(length), "Content-Type": "application/octet-stream"}
+        target = URL(url, encoded=True)
+        host = target.raw_authority
+        try:
+            async with self.session.put(
+                target, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+            ) as response:
+                answer = UpstreamAnswer(response.status, await response.read(), None)
+        except TimeoutError as exc:
+            raise RelayFailed(f"relaying the image to {host} timed out", retryable=True, status=504) from exc
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise RelayFailed(
+                f"relaying the image to {host} failed: DNS error, the name does not resolve from the gateway",
+                retryable=False,
+            ) from exc
+        except aiohttp.ClientSSLError as exc:
+            raise RelayFailed(f"relaying the image to {host} failed: TLS error ({exc})", retryable=False) from exc
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            why = "connection refused" if refused else f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+            raise RelayFailed(f"relaying the image to {host} failed: {why}", retryable=not refused) from exc
+        except aiohttp.ClientError as exc:  # cut mid-transfer: the host is there, it may take the image next time
+            raise RelayFailed(f"relaying the image to {host} failed: {exc.__class__.__name__}", retryable=True) from exc
+        if answer.status not in (200, 201, 204):
+            raise RelayFailed(
+                f"{host} refused the relayed image ({answer.status}{_s3_code(answer.body)})",
+                retryable=answer.status >= 500,
+            )
+
+
+def _s3_code(body: bytes) -> str:
+    """``: <Code>`` of an S3 error document (a presigned upload URL answers with one), else nothing."""
+    start, end = body.find(b"<Code>"), body.find(b"</Code>")
+    if start < 0 or end <= start:
+        return ""
+    return ": " + body[start + 6 : end].decode("utf-8", "replace")[:64]
+
+
+def raise_for_refusal(answer: UpstreamAnswer) -> None:
+    if 200 <= answer.status < 300:
+        return
+    if 400 <= answer.status < 500:
+        raise UpstreamRefused(error_message(answer), status=answer.status)
+    raise UpstreamUnavailable(f"registry failed ({answer.status})")
+
+
+def json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        return None

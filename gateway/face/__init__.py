@@ -1,0 +1,1 @@
+"""The face: the route table and handlers, downloads, the request handler, the server process."""

@@ -1,0 +1,1 @@
+"""Operations: logs, metrics, the journal of open uploads, the sweeper, doctor."""

@@ -1,0 +1,1 @@
+"""Tests of the routes, downloads and the server process."""

@@ -1,0 +1,1 @@
+"""Tests of operations: doctor, sweeper, logs, metrics."""
