@@ -16,9 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from .config import Config
 from .connections import ConnectionLimits, GatewayServer
@@ -68,17 +66,12 @@ class Gateway:
 
     async def start(self) -> None:
         config = self.config
-        upstream_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=config.upstream.pool_size),
-            timeout=aiohttp.ClientTimeout(total=None, connect=config.upstream.connect_timeout_seconds),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        self._closing.append(upstream_session.close)
+        forwarder = Forwarder.from_config(config)  # its pool also carries the registry's own calls
+        self._closing.append(forwarder.close)
+        registry = Registry.from_config(config, forwarder)
+        self._closing.append(registry.close)
         s3 = S3Client(S3Settings.of(config.s3), clock=self._now)
         self._closing.append(s3.close)
-        upstream = URL(config.upstream.url)
-        registry = Registry(upstream_session, upstream, read_timeout_s=config.upstream.read_timeout_seconds)
         service = UploadService(
             config,
             s3=s3,
@@ -88,8 +81,7 @@ class Gateway:
             clock=self._now,
             metrics=self.metrics,
         )
-        forwarder = Forwarder.from_config(config, rewrite_location=service.public_location)
-        self._closing.append(forwarder.close)
+        forwarder.rewrite_location = service.public_location
         self._handlers = Handlers(service, forwarder)
         if config.uploads.sweep_interval_seconds > 0:
             self._sweeping = asyncio.create_task(
