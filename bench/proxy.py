@@ -5,7 +5,8 @@ run. Prints req/s, p99 latency and the proxy's CPU time per request (from /proc)
 
 Conditions: the proxy under test (nginx with one worker, or the gateway) is pinned to CPU 0; the upstream (a
 trivial aiohttp app on uvloop) and wrk (one thread) share CPU 1. nginx keeps 64 keep-alive connections to the
-upstream and logs nothing; the gateway runs at log level warning (no access log) unless the row says otherwise.
+upstream and logs nothing. The gateway runs its default configuration (log level info: one access line per
+request, written to stderr, which goes to a file as under a service manager) unless the row says otherwise.
 Runs alternate between the targets and the median is printed. Not a test: these machines are shared and noisy.
 
 ``--workers`` adds server.workers 1 vs 2. On a 2-core machine that cannot show scaling: one core must host wrk
@@ -16,6 +17,7 @@ the load generator. It shows that workers cost nothing and that the port is shar
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -40,6 +42,9 @@ PYTHON = sys.executable
 BODY = b'{"data":{"version":"1.1.24","apiVersion":"2.0.0-alpha.2"},"pad":"' + b"x" * 130 + b'"}'
 TICKS = os.sysconf("SC_CLK_TCK")
 PROXY_CPU = "0"
+NGINX_ROW = "nginx proxy_pass (1 worker)"
+DEFAULT_ROW = "gateway, default config"
+DIRECT_ROW = "direct to the upstream (CPU 0)"
 LOAD_CPU = "1"
 
 NGINX_CONF = """
@@ -110,11 +115,13 @@ def wait_http(url: str, timeout_s: float = 30.0) -> None:
 
 
 @contextmanager
-def running(argv: list[str], *, env: dict[str, str] | None = None, ready_url: str | None = None) -> Iterator[int]:
-    """Start a process (pinned by argv's taskset), yield its pid, stop it (SIGTERM, then SIGKILL) at exit."""
-    process = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+def running(
+    argv: list[str], *, env: dict[str, str] | None = None, ready_url: str | None = None, log: Path | None = None
+) -> Iterator[int]:
+    """Start a process (pinned by argv's taskset), yield its pid, stop it (SIGTERM, then SIGKILL) at exit.
+    Its stderr goes to ``log`` when given (the gateway's access log, written as users run it), else nowhere."""
+    with open(log or os.devnull, "ab") as stderr:
+        process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         if ready_url is not None:
             wait_http(ready_url)
@@ -136,15 +143,25 @@ def pinned(cpus: str, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpus, *argv]
 
 
+# The configuration's defaults (gateway_environment sets warning for the tests' quiet logs).
+DEFAULTS = {"SERVER_LOG_LEVEL": "info", "SERVER_EVENT_LOOP": "auto"}
+
+
 @contextmanager
 def gateway(
-    upstream_port: int, cpus: str = PROXY_CPU, environ: dict[str, str] | None = None, **settings: str
+    upstream_port: int,
+    directory: Path,
+    cpus: str = PROXY_CPU,
+    environ: dict[str, str] | None = None,
+    **settings: str,
 ) -> Iterator[tuple[int, str]]:
-    """A gateway process; ``settings`` become GATEWAY_* variables, ``environ`` is added as it is."""
+    """A gateway process in its default configuration but for ``settings`` (GATEWAY_* variables without the
+    prefix); ``environ`` is added as it is. Its log (stderr) is appended to a file in ``directory``."""
     port = free_port()
     argv = pinned(cpus, [PYTHON, "-m", "gateway", "serve"])
-    env = gateway_environment(f"http://127.0.0.1:{upstream_port}", port, **settings) | (environ or {})
-    with running(argv, env=env, ready_url=f"http://127.0.0.1:{port}/_gateway/healthz") as pid:
+    env = gateway_environment(f"http://127.0.0.1:{upstream_port}", port, **(DEFAULTS | settings)) | (environ or {})
+    log = directory / "gateway.log"
+    with running(argv, env=env, ready_url=f"http://127.0.0.1:{port}/_gateway/healthz", log=log) as pid:
         yield pid, f"http://127.0.0.1:{port}/"
 
 
@@ -245,9 +262,10 @@ class Sample:
     cpu_share: float  # of one core
 
 
-def wrk(url: str, duration_s: float, connections: int) -> tuple[int, float, float, float]:
-    """(requests, req/s, p99 ms, seconds) from one wrk run on the load CPU."""
-    argv = pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{int(duration_s)}s", "--latency", url])
+def wrk(url: str, duration_s: float, connections: int, script: Path | None = None) -> tuple[int, float, float, float]:
+    """(requests, req/s, p99 ms, seconds) from one wrk run on the load CPU; ``script``: a wrk Lua script."""
+    options = ["-s", str(script)] if script else []
+    argv = pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{int(duration_s)}s", "--latency", *options, url])
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=True).stdout
     requests_match = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
     rate_match = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -261,10 +279,13 @@ def wrk(url: str, duration_s: float, connections: int) -> tuple[int, float, floa
     return int(requests_match[1]), float(rate_match[1]), p99, seconds
 
 
-def measure(pid: int, url: str, duration_s: float, connections: int) -> Sample:
-    wrk(url, 2, connections)  # warm up: pools filled, code paths hot
+def measure(
+    pid: int, url: str, duration_s: float, connections: int, script: Path | None = None, warm_up_s: int = 2
+) -> Sample:
+    if warm_up_s:
+        wrk(url, warm_up_s, connections, script)  # pools filled, code paths hot
     cpu_before = cpu_seconds(pid)
-    requests, rate, p99, seconds = wrk(url, duration_s, connections)
+    requests, rate, p99, seconds = wrk(url, duration_s, connections, script)
     cpu = cpu_seconds(pid) - cpu_before
     return Sample(rate, p99, cpu / requests * 1e6, cpu / seconds)
 
@@ -302,18 +323,14 @@ def run(args: argparse.Namespace) -> None:
             targets = {
                 "nginx proxy_pass (1 worker)": lambda: nginx(upstream_port, directory),
                 "naive aiohttp proxy, uvloop": lambda: naive_proxy(upstream_port),
-                "gateway, asyncio": lambda: gateway(upstream_port, SERVER_EVENT_LOOP="asyncio"),
-                "gateway, uvloop": lambda: gateway(upstream_port, SERVER_EVENT_LOOP="uvloop"),
-                "gateway, uvloop, access log on": lambda: gateway(
-                    upstream_port, SERVER_EVENT_LOOP="uvloop", SERVER_LOG_LEVEL="info"
-                ),
+                DEFAULT_ROW: lambda: gateway(upstream_port, directory),
+                "gateway, log_level warning": lambda: gateway(upstream_port, directory, SERVER_LOG_LEVEL="warning"),
+                "gateway, asyncio loop": lambda: gateway(upstream_port, directory, SERVER_EVENT_LOOP="asyncio"),
             }
             if args.workers:
-                targets["gateway, 2 workers on CPU 0"] = lambda: gateway(
-                    upstream_port, SERVER_EVENT_LOOP="uvloop", SERVER_WORKERS="2"
-                )
+                targets["gateway, 2 workers on CPU 0"] = lambda: gateway(upstream_port, directory, SERVER_WORKERS="2")
                 targets["gateway, 2 workers on CPUs 0-1"] = lambda: gateway(
-                    upstream_port, cpus="0,1", SERVER_EVENT_LOOP="uvloop", SERVER_WORKERS="2"
+                    upstream_port, directory, cpus="0,1", SERVER_WORKERS="2"
                 )
             targets = {name: start for name, start in targets.items() if name in args.only or not args.only}
             for round_number in range(args.runs):
@@ -323,10 +340,11 @@ def run(args: argparse.Namespace) -> None:
                     samples.setdefault(name, []).append(sample)
                     print(f"  run {round_number + 1} {name}: {sample.requests_per_s:.0f} req/s", file=sys.stderr)
         # The upstream alone, on its own CPU, wrk on the other: the ceiling every proxy sits under.
-        with upstream(PROXY_CPU) as (pid, port):
-            samples["direct to the upstream (CPU 0)"] = [
-                measure(pid, f"http://127.0.0.1:{port}/version", args.duration, args.connections)
-            ]
+        if not args.only or DIRECT_ROW in args.only:
+            with upstream(PROXY_CPU) as (pid, port):
+                samples[DIRECT_ROW] = [
+                    measure(pid, f"http://127.0.0.1:{port}/version", args.duration, args.connections)
+                ]
     rows = {name: median(found) for name, found in samples.items()}
     if "nginx proxy_pass (1 worker)" not in rows:
         raise SystemExit("\n".join(f"{name}: {s}" for name, s in rows.items()))
@@ -335,6 +353,9 @@ def run(args: argparse.Namespace) -> None:
         f"median of {args.runs} run(s); proxy on CPU {PROXY_CPU}, upstream + wrk on CPU {LOAD_CPU}"
     )
     report(rows, "nginx proxy_pass (1 worker)")
+    if args.json:
+        found = {"connections": args.connections, "duration_s": args.duration, "reference": NGINX_ROW}
+        args.json.write_text(json.dumps(found | {"targets": {n: [vars(s) for s in r] for n, r in samples.items()}}))
 
 
 def main() -> None:
@@ -344,6 +365,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="rounds over all targets (median reported)")
     parser.add_argument("--workers", action="store_true", help="also server.workers = 2 (see the module doc)")
     parser.add_argument("--only", action="append", default=[], metavar="TARGET", help="measure only these rows")
+    parser.add_argument("--json", type=Path, help="also write the samples here (bench/plot.py reads them)")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-naive-proxy", type=int, nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -157,11 +157,11 @@ def run(args: argparse.Namespace) -> None:
         with running(upstream_argv, ready_url=f"http://127.0.0.1:{upstream_port}/version"):
             targets: dict[str, Callable[[], AbstractContextManager[tuple[int, str]]]] = {
                 "nginx (1 MiB buffers)": lambda: nginx(upstream_port, Path(temp)),
-                "gateway, asyncio": lambda: gateway(upstream_port, SERVER_EVENT_LOOP="asyncio"),
-                "gateway, uvloop": lambda: gateway(upstream_port, SERVER_EVENT_LOOP="uvloop"),
+                "gateway, asyncio": lambda: gateway(upstream_port, Path(temp), SERVER_EVENT_LOOP="asyncio"),
+                "gateway, uvloop": lambda: gateway(upstream_port, Path(temp), SERVER_EVENT_LOOP="uvloop"),
                 # Any MALLOC_* variable makes the gateway leave malloc alone; the arena cap is inert here.
                 "gateway, uvloop, glibc malloc defaults": lambda: gateway(
-                    upstream_port, environ={"MALLOC_ARENA_MAX": "8"}, SERVER_EVENT_LOOP="uvloop"
+                    upstream_port, Path(temp), environ={"MALLOC_ARENA_MAX": "8"}, SERVER_EVENT_LOOP="uvloop"
                 ),
             }
             chosen = {name: start for name, start in targets.items() if any(t in name for t in args.targets)}

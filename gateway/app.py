@@ -21,11 +21,16 @@ from aiohttp import web
 from .config import Config
 from .connections import ConnectionLimits, GatewayServer
 from .errors import GatewayError, StorageUnavailable, UpstreamTimeout, UpstreamUnavailable
+from .legacy_upload import LegacyUpload
+from .locations import LocationPolicy
 from .logs import ACCESS_LOG, REQUEST_ID, request_id_from
 from .metrics import Metrics
+from .mode_log import ModeLog
 from .proxy import Forwarder, close_if_body_unread
+from .readiness import Readiness
 from .registry import Registry
-from .routes import Handlers, loggable_path, route_class
+from .route_table import Route, classify, loggable_path
+from .routes import Handlers
 from .s3 import S3Client, S3Settings
 from .service import UploadService
 from .sigv4 import Credentials, Signer
@@ -66,23 +71,45 @@ class Gateway:
 
     async def start(self) -> None:
         config = self.config
-        forwarder = Forwarder.from_config(config)  # its pool also carries the registry's own calls
-        self._closing.append(forwarder.close)
-        registry = Registry.from_config(config, forwarder)
-        self._closing.append(registry.close)
         s3 = S3Client(S3Settings.of(config.s3), clock=self._now)
         self._closing.append(s3.close)
+        signer = Signer(Credentials(config.s3.access_key, config.s3.secret_key), config.s3.region)
+        locations = LocationPolicy(config, signer=signer, clock=self._now, metrics=self.metrics)
+        modes = ModeLog(self.metrics)
+        forwarder = Forwarder.from_config(config, rewrite_location=locations.public_location)
+        self._closing.append(forwarder.close)
+        registry = Registry.from_config(config, forwarder)  # its JSON calls share the forwarder's pool
+        self._closing.append(registry.close)
         service = UploadService(
-            config,
+            config=config,
             s3=s3,
             registry=registry,
-            signer=Signer(Credentials(config.s3.access_key, config.s3.secret_key), config.s3.region),
+            signer=signer,
             sealer=TokenSealer(config.uploads.token_secret, config.uploads.previous_token_secrets),
             clock=self._now,
             metrics=self.metrics,
+            locations=locations,
+            modes=modes,
         )
-        forwarder.rewrite_location = service.public_location
-        self._handlers = Handlers(service, forwarder)
+        legacy = LegacyUpload(
+            locations=locations,
+            url_expiry_s=config.uploads.url_expiry_seconds,
+            signer=signer,
+            clock=self._now,
+            metrics=self.metrics,
+            modes=modes,
+        )
+        self._handlers = Handlers(
+            config=config,
+            service=service,
+            legacy=legacy,
+            locations=locations,
+            readiness=Readiness(registry=registry, s3=s3, bucket=config.s3.bucket),
+            registry=registry,
+            s3=s3,
+            metrics=self.metrics,
+            forwarder=forwarder,
+        )
         if config.uploads.sweep_interval_seconds > 0:
             self._sweeping = asyncio.create_task(
                 run_periodically(
@@ -108,9 +135,10 @@ class Gateway:
         request_id = request_id_from(request.headers.get("X-Request-Id"))
         REQUEST_ID.set(request_id)  # the forwarder and the registry calls send it upstream
         status = "error"  # stays so when the client goes away mid-request
+        route = classify(request.method, request.raw_path)
         try:
             try:
-                response = await self.handlers.dispatch(request)
+                response = await self.handlers.dispatch(request, route)
             except Exception as exc:
                 response = self.error_answer(request, exc)
             status = str(response.status)
@@ -119,7 +147,7 @@ class Gateway:
                 close_if_body_unread(request, response)
             return response
         finally:
-            self.observe(request, status, time.perf_counter() - started)
+            self.observe(request, route, status, time.perf_counter() - started)
 
     def error_answer(self, request: web.BaseRequest, exc: Exception) -> web.Response:
         if isinstance(exc, GatewayError):
@@ -135,14 +163,13 @@ class Gateway:
         log.exception("unexpected error on %s %s", request.method, loggable_path(request.raw_path), exc_info=exc)
         return error_response(500, "internal gateway error")
 
-    def observe(self, request: web.BaseRequest, status: str, elapsed: float) -> None:
-        route = route_class(request.method, request.raw_path)
-        self.metrics.answered(route, status, elapsed)
+    def observe(self, request: web.BaseRequest, route: Route, status: str, elapsed: float) -> None:
+        self.metrics.answered(route.name, status, elapsed)
         if ACCESS_LOG.enabled():  # the fields cost more than the check
             ACCESS_LOG.write(
                 {
                     "method": request.method,
-                    "route": route,
+                    "route": route.name,
                     "path": loggable_path(request.raw_path),
                     "status": status,
                     "ms": round(elapsed * 1000, 2),

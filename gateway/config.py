@@ -7,6 +7,7 @@ exits 2 with that one line. Nothing downstream re-checks the config. The key nam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import math
 import os
@@ -137,16 +138,22 @@ class Config:
 
     @property
     def external_endpoint(self) -> Endpoint:
-        return Endpoint.parse(self.s3.external_endpoint)
+        return _endpoint(self.s3.external_endpoint)
 
     @property
     def internal_endpoint(self) -> Endpoint:
-        return Endpoint.parse(self.s3.internal_endpoint)
+        return _endpoint(self.s3.internal_endpoint)
 
     def s3_origins(self) -> frozenset[Endpoint]:
         """Every origin under which an upstream URL points into our S3 (adopt mode, re-signing)."""
         urls = [self.s3.internal_endpoint, self.s3.external_endpoint, *self.s3.aliases]
-        return frozenset(Endpoint.parse(url) for url in urls)
+        return frozenset(_endpoint(url) for url in urls)
+
+
+@functools.lru_cache(maxsize=64)
+def _endpoint(url: str) -> Endpoint:
+    """An endpoint URL parsed once: validated at load, read on every use."""
+    return Endpoint.parse(url)
 
 
 _SECTIONS: dict[str, type[Any]] = {f.name: get_type_hints(Config)[f.name] for f in fields(Config)}

@@ -23,45 +23,40 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from .config import DownloadsConfig
 from .errors import GatewayError, StorageUnavailable, UpstreamUnavailable
+from .locations import LocationPolicy
 from .proxy import Forwarder, UpstreamReply
-from .s3 import S3Error
-from .service import UploadService
+from .route_table import IMAGE_PREFIX, IMAGEFILE_PREFIX
+from .s3 import S3Client, S3Error
 
-__all__ = ["IMAGE_PREFIX", "IMAGEFILE_PREFIX", "Downloads"]
+__all__ = ["Downloads"]
 
 log = logging.getLogger("gateway.downloads")
 
-IMAGE_PREFIX: Final = "/v1/images/"
-IMAGEFILE_PREFIX: Final = "/v1/imagefile/"
 REDIRECTS: Final = frozenset({301, 302, 307, 308})
 
 
 class Downloads:
-    def __init__(self, service: UploadService, forwarder: Forwarder) -> None:
-        self.service = service
+    def __init__(
+        self, config: DownloadsConfig, *, locations: LocationPolicy, s3: S3Client, forwarder: Forwarder
+    ) -> None:
+        self.locations = locations
+        self.s3 = s3
         self.forwarder = forwarder
-        self.enabled = service.config.downloads.redirect_status == "303"
+        self.enabled = config.redirect_status == "303"
 
-    def handles(self, method: str, path: str) -> bool:
-        if not self.enabled:
-            return False
-        if path.startswith(IMAGEFILE_PREFIX):
-            return method in ("GET", "HEAD")  # a HEAD gets the same redirect as the GET it stands for
-        return method == "GET" and path.startswith(IMAGE_PREFIX)
-
-    async def answer(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
-        if path.startswith(IMAGEFILE_PREFIX):
-            return await self.forwarder.forward(
-                request, redirect_status=self.status_for, rewrite_location=self.service.download_location
-            )
-        return await self.image(request)
+    async def download(self, request: web.BaseRequest) -> web.StreamResponse:
+        """GET or HEAD ``v1/imagefile/…`` (a HEAD gets the same redirect as the GET it stands for)."""
+        return await self.forwarder.forward(
+            request, redirect_status=self.status_for, rewrite_location=self.locations.download_location
+        )
 
     def status_for(self, location: str) -> int | None:
         """303 only for a download in our S3 that the gateway re-signs (S3 answers ranges); a Location passed on
         unchanged keeps its status too, as does a registry that serves the file itself (old sregistry's own download
         view answers 200 and the whole file to any Range)."""
-        return 303 if self.service.justified_download(location) is not None else None
+        return 303 if self.locations.justified_download(location) is not None else None
 
     async def image(self, request: web.BaseRequest) -> web.StreamResponse:
         """The image JSON, with ``size`` filled in from S3 where the registry left it missing, null or 0."""
@@ -95,11 +90,11 @@ class Downloads:
             raise UpstreamUnavailable(f"image size unknown: the registry answered its download with {redirect.status}")
         location = redirect.headers.get("Location") if redirect.status in REDIRECTS else None
         # Only an object the registry granted this caller (the same test as re-signing its redirect).
-        target = self.service.justified_download(location) if location else None
+        target = self.locations.justified_download(location) if location else None
         if target is None:
             return None
         try:
-            info = await self.service.s3.head_object(target.bucket, target.key)
+            info = await self.s3.head_object(target.bucket, target.key)
         except S3Error as exc:
             log.warning("image size: S3 HeadObject failed: %s", exc)
             raise StorageUnavailable(f"image size unknown: S3 HeadObject failed: {exc}; retry") from exc

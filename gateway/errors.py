@@ -15,7 +15,7 @@ Handlers raise; one place (Gateway.error_answer in gateway.app) renders every Ga
     │   └── UpstreamRefused          4xx  the registry said no; its status is passed on
     ├── UpstreamUnavailable          502
     │   └── RelayFailed              502/504  the relay PUT of an assembled image failed; says if a retry can work
-    ├── StorageUnavailable           503  S3 down or erroring; a retry may succeed
+    ├── StorageUnavailable           503  S3 down, erroring or refusing the gateway (gateway.storage_errors)
     ├── NotReady                     503  readiness probe: the registry or S3 is not reachable
     └── UpstreamTimeout              504
 """

@@ -35,7 +35,8 @@ EXIT_GRACE_S = 5.0  # beyond shutdown_grace_seconds before a worker that hangs i
 
 def serve(config: Config) -> None:
     """Run until SIGTERM/SIGINT; exits 1 when the workers keep dying."""
-    setup_logging(config.server.log_level)
+    # One process serving: its log lines are written by a thread; a supervisor forks first (_worker_main).
+    setup_logging(config.server.log_level, background=config.server.workers == 1)
     log.info("starting", extra={"event": "start", "config": masked(config)})
     for warning in config_warnings(config):
         log.warning("risky configuration: %s", warning, extra={"event": "config-warning"})
@@ -102,8 +103,11 @@ async def _serve(config: Config, *, reuse_port: bool) -> None:
 
 
 def _worker_main(config: Config) -> None:
-    setup_logging(config.server.log_level)
-    run_worker(config, reuse_port=True)
+    setup_logging(config.server.log_level, background=True)
+    try:
+        run_worker(config, reuse_port=True)
+    finally:
+        logging.shutdown()  # a forked worker leaves by os._exit, without atexit: write the queued lines first
 
 
 class Supervisor:

@@ -1,172 +1,58 @@
-"""The upload routes' logic: the registry authorises, S3 stores, tokens carry the state.
+"""The multipart upload steps: start, part presign, complete (adopted or relayed), abort, the parts so far.
 
-No aiohttp types here beyond the header multidict: handlers in gateway.routes translate HTTP to these calls.
+The registry authorises, S3 stores, the sealed token carries the upload's state; the journal in S3 lets the
+sweeper find abandoned uploads. No aiohttp types here beyond the header multidict: handlers in gateway.routes
+translate HTTP to these calls. Where URLs point is gateway.locations'; the legacy single upload is
+gateway.legacy_upload; readiness is gateway.readiness.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
 from multidict import CIMultiDict
 
 from .config import Config
 from .errors import (
-    Conflict,
-    GatewayError,
     InvalidRequest,
-    PayloadTooLarge,
     RelayFailed,
-    StorageUnavailable,
     UpstreamUnavailable,
 )
 from .journal import JournalEntry, completion_marker_key, journal_key
+from .locations import LocationPolicy
 from .logs import note_upload
 from .metrics import Metrics
-from .plan import MAX_SINGLE_PUT, plan_parts
+from .mode_log import ModeLog
+from .plan import plan_parts
 from .registry import Registry
-from .s3 import S3Client, S3ClientError, S3Error, S3UsageError
-from .sigv4 import Endpoint, Signer, verify_presigned_url
+from .s3 import NoSuchUpload, S3Client, S3Error
+from .sigv4 import Signer
+from .storage_errors import ABORTING, COMPLETING, LISTING_PARTS, RECORDING, RELAYING, STARTING
 from .tokens import Mode, TokenSealer, UploadGrant
-from .upload_mode import (
-    SIGNS_FOR_UNKNOWN_HOST,
-    Destination,
-    S3Location,
-    choose_legacy,
-    choose_mode,
-    destination_of,
-    origin_of,
-    s3_location,
-)
-from .uploads import AbortRequest, CompleteRequest, LegacyStartRequest, PartRequest, StartRequest
+from .upload_mode import Destination, S3Location, choose_mode
+from .uploads import AbortRequest, CompleteRequest, PartRequest, StartRequest
 
-__all__ = ["S3Location", "UploadService", "origin_of"]
+__all__ = ["UploadService"]
 
 log = logging.getLogger("gateway.uploads")
-T = TypeVar("T")
-
-# S3 answers that mean the client sent something wrong at complete; they become 400, never 404.
-_CLIENT_MISTAKES = frozenset({"InvalidPart", "InvalidPartOrder", "EntityTooSmall", "MalformedXML", "InvalidArgument"})
-_GONE = frozenset({"NoSuchUpload", "NoSuchKey"})  # radosgw answers NoSuchKey for an aborted upload
 
 
+@dataclass(eq=False, kw_only=True)
 class UploadService:
-    def __init__(
-        self,
-        config: Config,
-        *,
-        s3: S3Client,
-        registry: Registry,
-        signer: Signer,
-        sealer: TokenSealer,
-        clock: Callable[[], datetime],
-        metrics: Metrics,
-    ) -> None:
-        self.config = config
-        self.metrics = metrics
-        self._readiness: tuple[float, str | None] = (float("-inf"), None)
-        self.s3 = s3
-        self.registry = registry
-        self.signer = signer
-        self.sealer = sealer
-        self.clock = clock
-        self.external = Endpoint.parse(config.s3.external_endpoint)
-        self.s3_origins = config.s3_origins()
-        self.upstream_origin = origin_of(config.upstream.url)
-        self.public_url = config.server.public_url.rstrip("/")
-        # Upload URLs on these are the registry's own (it stores images itself), not an S3 host.
-        self.registry_origins = frozenset({self.upstream_origin, origin_of(self.public_url)})
-        self._modes_told: dict[str, tuple[str, str]] = {}  # upload kind -> (mode, reason) last logged
-
-    # -- where an upstream URL points -------------------------------------------------------------------
-
-    def s3_location(self, url: str) -> S3Location | None:
-        """Bucket and key when ``url`` is a path-style URL on one of our S3 origins, else None."""
-        return s3_location(url, self.s3_origins)
-
-    def destination_of(self, upload_url: str) -> Destination:
-        return destination_of(upload_url, s3_origins=self.s3_origins, registry_origins=self.registry_origins)
-
-    def _tell_mode(self, upload: str, mode: str, reason: str, upload_url: str) -> None:
-        """Count each choice; log it at the first upload of its kind and whenever it changes, so the operator
-        learns which way uploads go, and why, without reading every start."""
-        self.metrics.upload_mode.choose("upload", upload=upload, mode=mode, reason=reason)
-        if self._modes_told.get(upload) == (mode, reason):
-            return
-        self._modes_told[upload] = (mode, reason)
-        host = urlsplit(upload_url).netloc
-        fix = (
-            " (the registry's upload URLs name a host that is none of the gateway's S3 origins: if it is the same "
-            "S3 under another name, add it to s3.aliases; else make the registry sign for S3 as clients reach it, "
-            "sregistry: MINIO_EXTERNAL_SERVER)"
-            if reason == SIGNS_FOR_UNKNOWN_HOST
-            else ""
-        )
-        log.log(
-            logging.WARNING if reason == SIGNS_FOR_UNKNOWN_HOST else logging.INFO,
-            "%s uploads: mode %s, reason %s, registry upload URL host %s%s",
-            upload,
-            mode,
-            reason,
-            host,
-            fix,
-            extra={"event": "upload-mode", "upload": upload, "mode": mode, "reason": reason, "upload_url_host": host},
-        )
-
-    def points_at_upstream(self, url: str) -> bool:
-        return origin_of(url) == self.upstream_origin
-
-    def to_public(self, url: str) -> str:
-        parts = urlsplit(url)
-        return self.public_url + parts.path + (f"?{parts.query}" if parts.query else "")
-
-    def public_location(self, location: str) -> str | None:
-        """A redirect from the registry on any route: one to the registry itself is kept on the gateway; anything
-        else (None) goes out as the registry sent it. Nothing is signed here."""
-        if self.points_at_upstream(location):
-            return self.to_public(location)
-        return None
-
-    def download_location(self, location: str) -> str | None:
-        """A redirect from the registry's download route: re-signed for the external endpoint when the registry
-        itself granted that download (``justified_download``), else as ``public_location``. A URL into S3 that
-        the registry did not sign passes unchanged: the gateway adds no access the registry did not give."""
-        target = self.justified_download(location)
-        if target is None:
-            return self.public_location(location)
-        self.metrics.presigns.inc(kind="download")
-        return self.signer.presign(
-            "GET",
-            self.external,
-            target.bucket,
-            target.key,
-            now=self.clock(),
-            expires_s=self.config.downloads.url_expiry_seconds,
-        )
-
-    def justified_download(self, location: str) -> S3Location | None:
-        """Bucket and key of a registry redirect the gateway may sign a GET for, else None: a path-style URL on one
-        of our S3 origins, in the configured bucket, for a key outside the gateway's own ``staging_prefix``
-        (journal, relay staging, markers) with no empty or dot segments (which some servers normalise), that the
-        registry presigned itself with our access key and secret and that has not expired. A registry that
-        reflects input into Location cannot make the gateway sign anything the registry would not."""
-        target = self.s3_location(location)
-        if target is None or target.bucket != self.config.s3.bucket or not self._image_key(target.key):
-            return None
-        if not verify_presigned_url(location, self.signer.credentials, method="GET", now=self.clock()):
-            return None
-        return target
-
-    def _image_key(self, key: str) -> bool:
-        segments = key.split("/")
-        if any(segment in ("", ".", "..") for segment in segments):
-            return False
-        return not key.startswith(self.config.uploads.staging_prefix)
+    config: Config
+    s3: S3Client
+    registry: Registry
+    signer: Signer
+    sealer: TokenSealer
+    clock: Callable[[], datetime]
+    metrics: Metrics
+    locations: LocationPolicy  # where the registry's upload URL points; the endpoint part URLs are signed for
+    modes: ModeLog
 
     # -- multipart ---------------------------------------------------------------------------------------
 
@@ -175,7 +61,7 @@ class UploadService:
         upload_url = await self.registry.start_upload(image_id, headers=headers, filesize=request.filesize)
         mode, target = self._choose_target(image_id, upload_url)
         part_size, total_parts = plan_parts(request.filesize, self.config.uploads.part_size)
-        upload_id = await self._s3_call(self.s3.create_multipart_upload(target.bucket, target.key))
+        upload_id = await STARTING.run(self.s3.create_multipart_upload(target.bucket, target.key))
         grant = UploadGrant(
             mode=mode,
             image_id=image_id,
@@ -218,7 +104,7 @@ class UploadService:
                 await self.s3.abort_multipart_upload(grant.bucket, grant.key, grant.upload_id)
             except S3Error:
                 log.warning("could not abort an unjournaled upload", extra={"event": "journal-failed"})
-            raise StorageUnavailable(f"storage failed recording the upload: {exc}; retry") from exc
+            raise RECORDING.error(exc) from exc
 
     def _journal_key(self, grant: UploadGrant) -> str:
         return journal_key(self.config.uploads.staging_prefix, upload_id=grant.upload_id, expires_at=grant.expires_at)
@@ -231,14 +117,14 @@ class UploadService:
             log.warning("journal entry not removed: %s", exc, extra={"event": "journal-leftover"})
 
     def _choose_target(self, image_id: str, upload_url: str) -> tuple[Mode, S3Location]:
-        choice = choose_mode(self.config.uploads.mode, self.destination_of(upload_url))
-        self._tell_mode("multipart", choice.mode or "refused", choice.reason, upload_url)
+        choice = choose_mode(self.config.uploads.mode, self.locations.destination_of(upload_url))
+        self.modes.tell("multipart", choice.mode or "refused", choice.reason, upload_url)
         if choice.mode is None:
             raise UpstreamUnavailable(
                 "uploads.mode is adopt but the registry's upload URL is not on a configured S3 origin "
                 "(set s3.aliases to the host the registry signs for, or use mode auto)"
             )
-        target = self.s3_location(upload_url)
+        target = self.locations.s3_location(upload_url)
         if choice.mode == "adopt" and target is not None:
             return "adopt", target
         key = f"{self.config.uploads.staging_prefix}relay/{image_id}/{uuid.uuid4().hex}"
@@ -249,7 +135,8 @@ class UploadService:
 
     def presign_part(self, image_id: str, body: bytes, *, credential: str) -> dict[str, str]:
         request = PartRequest.parse(body)
-        grant = self.open_grant(request.upload_token, image_id, credential)
+        now = self.clock()  # one reading for the token's expiry and the URL's date
+        grant = self.sealer.open(request.upload_token, image_id=image_id, credential=credential, now=now.timestamp())
         if request.part_number > grant.total_parts:
             raise InvalidRequest(f"partNumber: this upload has {grant.total_parts} parts")
         expected = grant.expected_part_size(request.part_number)
@@ -259,10 +146,10 @@ class UploadService:
         self.metrics.presigns.inc(kind="part")
         url = self.signer.presign(
             "PUT",
-            self.external,
+            self.locations.external,
             grant.bucket,
             grant.key,
-            now=self.clock(),
+            now=now,
             expires_s=self.config.uploads.url_expiry_seconds,
             query={"partNumber": str(request.part_number), "uploadId": grant.upload_id},
             payload_sha256=request.sha256,
@@ -295,12 +182,10 @@ class UploadService:
         Nothing is aborted: the client can upload the wrong part again and complete."""
         try:
             stored = await self.s3.list_parts(grant.bucket, grant.key, grant.upload_id)
-        except S3ClientError as exc:
-            if exc.code in _GONE:
-                return  # completed already or aborted: the complete below tells which
-            raise StorageUnavailable(f"storage refused to list parts: {exc.code}") from exc
+        except NoSuchUpload:
+            return  # completed already or aborted: the complete below tells which
         except S3Error as exc:
-            raise StorageUnavailable(f"storage failed listing parts: {exc}; retry") from exc
+            raise LISTING_PARTS.error(exc) from exc
         sizes = {part.number: part.size for part in stored}
         for number in range(1, grant.total_parts + 1):
             expected = grant.expected_part_size(number)
@@ -313,37 +198,20 @@ class UploadService:
                 )
 
     async def _complete_adopted(self, grant: UploadGrant, parts: tuple[tuple[int, str], ...]) -> None:
-        try:
-            await self.s3.complete_multipart_upload(grant.bucket, grant.key, grant.upload_id, parts)
-        except S3UsageError as exc:
-            raise InvalidRequest(f"completedParts: {exc}") from exc
-        except S3ClientError as exc:
-            if exc.code in _GONE and await self._object_has_size(grant.bucket, grant.key, grant.filesize):
-                return  # a retried complete after success
-            raise self._complete_error(exc) from exc
-        except S3Error as exc:
-            raise StorageUnavailable(f"storage failed at complete: {exc}; retry") from exc
+        # A retried complete after success succeeds again: the S3 client recognises the object made earlier.
+        await COMPLETING.run(self.s3.complete_multipart_upload(grant.bucket, grant.key, grant.upload_id, parts))
 
     async def _complete_relayed(
         self, grant: UploadGrant, parts: tuple[tuple[int, str], ...], *, headers: CIMultiDict[str]
     ) -> None:
         marker = self._completion_marker(grant)
-        try:
-            await self.s3.complete_multipart_upload(grant.bucket, grant.key, grant.upload_id, parts)
-        except S3UsageError as exc:
-            raise InvalidRequest(f"completedParts: {exc}") from exc
-        except S3ClientError as exc:
-            if exc.code not in _GONE:
-                raise self._complete_error(exc) from exc
-            if await self._s3_call(self.s3.head_object(grant.bucket, marker)) is not None:
-                return  # relayed already: a retried complete
-            if not await self._object_has_size(grant.bucket, grant.key, grant.filesize):
-                raise self._complete_error(exc) from exc
-            # S3 completed but the relay did not finish: relay again below.
-        except S3Error as exc:
-            raise StorageUnavailable(f"storage failed at complete: {exc}; retry") from exc
+        if await RELAYING.run(self.s3.head_object(grant.bucket, marker)) is not None:
+            return  # relayed already: a retried complete
+        # On a retried complete whose relay did not finish, the S3 client recognises the object made earlier and
+        # the relay runs again.
+        await COMPLETING.run(self.s3.complete_multipart_upload(grant.bucket, grant.key, grant.upload_id, parts))
         # The relay PUT declares filesize: an object of any other size would hang or cut the registry's read.
-        info = await self._s3_call(self.s3.head_object(grant.bucket, grant.key))
+        info = await RELAYING.run(self.s3.head_object(grant.bucket, grant.key))
         if info is None or info.size != grant.filesize:
             size = "missing" if info is None else f"{info.size} bytes"
             raise InvalidRequest(
@@ -355,11 +223,11 @@ class UploadService:
             async with self.s3.get_object(grant.bucket, grant.key) as stream:
                 await self.registry.put_stream(upload_url, stream.iter_chunks(), length=grant.filesize)
         except S3Error as exc:
-            raise StorageUnavailable(f"storage failed while relaying: {exc}; retry") from exc
+            raise RELAYING.error(exc) from exc
         except RelayFailed as exc:
             raise await self._relay_failed(grant, upload_url, exc) from exc
-        await self._s3_call(self.s3.put_object(grant.bucket, marker, b"relayed\n"))
-        await self._s3_call(self.s3.delete_object(grant.bucket, grant.key))
+        await RELAYING.run(self.s3.put_object(grant.bucket, marker, b"relayed\n"))
+        await RELAYING.run(self.s3.delete_object(grant.bucket, grant.key))
 
     async def _relay_failed(self, grant: UploadGrant, upload_url: str, exc: RelayFailed) -> RelayFailed:
         """What the client hears about a failed relay. A failure that retrying cannot cure removes the staged
@@ -388,7 +256,7 @@ class UploadService:
             " (the registry signs for a host that is none of the gateway's S3 origins: if it is the same S3 under "
             "another name, add it to s3.aliases; else make the registry name S3 as clients and the gateway reach "
             "it, sregistry: MINIO_EXTERNAL_SERVER)"
-            if self.destination_of(upload_url) is Destination.UNKNOWN_HOST
+            if self.locations.destination_of(upload_url) is Destination.UNKNOWN_HOST
             else ""
         )
         return RelayFailed(
@@ -403,28 +271,11 @@ class UploadService:
             self.config.uploads.staging_prefix, upload_id=grant.upload_id, expires_at=grant.expires_at
         )
 
-    async def _object_has_size(self, bucket: str, key: str, size: int) -> bool:
-        info = await self._s3_call(self.s3.head_object(bucket, key))
-        return info is not None and info.size == size
-
-    @staticmethod
-    def _complete_error(exc: S3ClientError) -> GatewayError:
-        if exc.code in _CLIENT_MISTAKES:
-            return InvalidRequest(f"storage refused the parts: {exc.code}: {exc.message}")
-        if exc.code in _GONE:
-            return Conflict("upload no longer exists in storage (aborted or expired): start the push again")
-        return UpstreamUnavailable(f"storage refused the gateway: {exc.code}: {exc.message}")
-
     async def abort(self, image_id: str, body: bytes, *, credential: str) -> dict[str, Any]:
         request = AbortRequest.parse(body)
         grant = self.open_grant(request.upload_token, image_id, credential)
-        try:
-            await self.s3.abort_multipart_upload(grant.bucket, grant.key, grant.upload_id)
-        except S3ClientError as exc:
-            if exc.code not in _GONE:
-                raise StorageUnavailable(f"storage refused the abort: {exc.code}") from exc
-        except S3Error as exc:
-            raise StorageUnavailable(f"storage failed at abort: {exc}; retry") from exc
+        # One already gone is fine: the S3 client says so for every server.
+        await ABORTING.run(self.s3.abort_multipart_upload(grant.bucket, grant.key, grant.upload_id))
         await self._journal_end(grant)
         self.metrics.uploads.inc(event="aborted", mode=grant.mode)
         log.info("upload aborted", extra={"event": "abort", "image_id": image_id, "mode": grant.mode})
@@ -433,70 +284,5 @@ class UploadService:
     async def uploaded_parts(self, token: str, *, credential: str) -> list[dict[str, Any]]:
         """Parts already in S3 for an upload, for a client resuming a push; only for the token's own caller."""
         grant = self.sealer.open(token, image_id=None, credential=credential, now=self.clock().timestamp())
-        try:
-            parts = await self.s3.list_parts(grant.bucket, grant.key, grant.upload_id)
-        except S3ClientError as exc:
-            if exc.code in _GONE:
-                raise Conflict("upload no longer exists in storage (completed, aborted or expired)") from exc
-            raise StorageUnavailable(f"storage refused to list parts: {exc.code}") from exc
-        except S3Error as exc:
-            raise StorageUnavailable(f"storage failed listing parts: {exc}; retry") from exc
+        parts = await LISTING_PARTS.run(self.s3.list_parts(grant.bucket, grant.key, grant.upload_id))
         return [{"partNumber": p.number, "etag": f'"{p.etag}"', "size": p.size} for p in parts]
-
-    # -- legacy single upload ----------------------------------------------------------------------------
-
-    def rewrite_upload_url(self, request: LegacyStartRequest, upload_url: str) -> str:
-        choice = choose_legacy(self.destination_of(upload_url))
-        self._tell_mode("legacy", choice.mode, choice.reason, upload_url)
-        target = self.s3_location(upload_url)
-        if target is not None:
-            if request.filesize > MAX_SINGLE_PUT:
-                raise PayloadTooLarge(
-                    "images above 5 GiB need multipart uploads: enable uploads.multipart on the gateway"
-                )
-            # With the sha256 bound and signed as a header (v3h), the client sends it and S3 verifies the file.
-            self.metrics.presigns.inc(kind="legacy")
-            return self.signer.presign(
-                "PUT",
-                self.external,
-                target.bucket,
-                target.key,
-                now=self.clock(),
-                expires_s=self.config.uploads.url_expiry_seconds,
-                payload_sha256=request.sha256,
-                sign_sha256_header=request.sha256 is not None,
-            )
-        if self.points_at_upstream(upload_url):
-            return self.to_public(upload_url)
-        return upload_url
-
-    async def readiness(self, *, max_age_s: float = 5.0) -> str | None:
-        """None when the registry and S3 answer, else why not; cached briefly so probes cost little."""
-        checked_at, reason = self._readiness
-        now = time.monotonic()
-        if now - checked_at < max_age_s:
-            return reason
-        reason = await self._check_ready()
-        self._readiness = (time.monotonic(), reason)
-        return reason
-
-    async def _check_ready(self) -> str | None:
-        try:
-            answer = await self.registry.call("GET", "/version", headers=CIMultiDict(), body=b"")
-        except GatewayError as exc:
-            return f"registry: {exc.message}"
-        if answer.status >= 500:
-            return f"registry: /version answered {answer.status}"
-        try:
-            if not await self.s3.head_bucket(self.config.s3.bucket):
-                return f"s3: bucket {self.config.s3.bucket!r} not found or not accessible"
-        except S3Error as exc:
-            return f"s3: {exc}"
-        return None
-
-    @staticmethod
-    async def _s3_call(call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except S3Error as exc:
-            raise StorageUnavailable(f"storage failed: {exc}") from exc

@@ -41,6 +41,7 @@ __all__ = [
     "UNSIGNED_PAYLOAD",
     "Credentials",
     "Endpoint",
+    "HmacSha256",
     "SignedRequest",
     "SignedURL",
     "Signer",
@@ -199,7 +200,7 @@ class SignedRequest:
     signature: str
 
 
-class _HmacSha256:
+class HmacSha256:
     """HMAC-SHA256 under a fixed key with the padded key blocks hashed once (RFC 2104).
 
     Copying the two prepared hash states is about twice as fast as ``hmac.new``/``hmac.digest`` per message,
@@ -212,6 +213,13 @@ class _HmacSha256:
         block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
         self._inner: HASH = hashlib.sha256(bytes(byte ^ 0x36 for byte in block))
         self._outer: HASH = hashlib.sha256(bytes(byte ^ 0x5C for byte in block))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def hexdigest(self, message: bytes) -> str:
         inner = self._inner.copy()
@@ -226,7 +234,7 @@ class _Day:
     """What one credential-scope day contributes to every signature."""
 
     signing_key: bytes
-    mac: _HmacSha256
+    mac: HmacSha256
     scope: str  # <yyyymmdd>/<region>/<service>/aws4_request
     credential: str  # <access key>/<scope>
     credential_param: str  # X-Amz-Credential=<credential, encoded>
@@ -253,7 +261,7 @@ class Signer:
                 key = _hmac(key, part)
             scope = f"{datestamp}/{self.region}/{self.service}/aws4_request"
             credential = f"{self.credentials.access_key}/{scope}"
-            day = _Day(key, _HmacSha256(key), scope, credential, f"X-Amz-Credential={uri_encode(credential)}")
+            day = _Day(key, HmacSha256(key), scope, credential, f"X-Amz-Credential={uri_encode(credential)}")
             if len(self._days) > 4:  # only today's and yesterday's keys are ever hot
                 self._days.clear()
             self._days[datestamp] = day

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .config import DEFAULT_IMAGE_ID_PATTERN
 from .errors import InvalidRequest
 from .plan import MAX_FILESIZE, MAX_PART_SIZE, MAX_PARTS
@@ -21,6 +23,7 @@ __all__ = [
     "PartRequest",
     "StartRequest",
     "check_image_id",
+    "parse_flat_json_object",
     "parse_json_object",
 ]
 
@@ -53,6 +56,19 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
+def parse_flat_json_object(body: bytes) -> dict[str, Any]:
+    """parse_json_object for bodies whose values are not objects or lists, with orjson: a fifth of the stdlib's
+    cost (a part presign's hot path). What orjson refuses (other encodings, NaN, lone surrogate escapes) or reads
+    otherwise (an integer past 64 bits becomes a float) goes to the stdlib parser, which decides as before."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return parse_json_object(body)
+    if not isinstance(data, dict) or any(type(value) is float for value in data.values()):
+        return parse_json_object(body)
+    return data
+
+
 def _integer(data: dict[str, Any], name: str, *, low: int, high: int) -> int:
     value = data.get(name)
     if type(value) is not int:  # bool is not an int here
@@ -82,7 +98,7 @@ class StartRequest:
 
     @classmethod
     def parse(cls, body: bytes) -> StartRequest:
-        return cls(_integer(parse_json_object(body), "filesize", low=1, high=MAX_FILESIZE))
+        return cls(_integer(parse_flat_json_object(body), "filesize", low=1, high=MAX_FILESIZE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +110,7 @@ class PartRequest:
 
     @classmethod
     def parse(cls, body: bytes) -> PartRequest:
-        data = parse_json_object(body)
+        data = parse_flat_json_object(body)
         return cls(
             upload_token=_string(data, "uploadID"),
             part_number=_integer(data, "partNumber", low=1, high=MAX_PARTS),
@@ -146,7 +162,7 @@ class AbortRequest:
 
     @classmethod
     def parse(cls, body: bytes) -> AbortRequest:
-        return cls(_string(parse_json_object(body), "uploadID"))
+        return cls(_string(parse_flat_json_object(body), "uploadID"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +175,7 @@ class LegacyStartRequest:
 
     @classmethod
     def parse(cls, body: bytes) -> LegacyStartRequest:
-        data = parse_json_object(body)
+        data = parse_flat_json_object(body)
         filesize = _integer(data, "filesize", low=0, high=MAX_FILESIZE)
         sha256 = _sha256(data, "sha256sum") if data.get("sha256sum") else None
         return cls(filesize, sha256, data)

@@ -1162,7 +1162,7 @@ def test_no_credential_upload_token_or_secret_reached_a_log_line(target: Target,
             if isinstance(upload, Upload)
         },
     }
-    assert any('"logger": "gateway.access"' in line for line in log_lines.lines)  # the capture works
+    assert any('"logger":"gateway.access"' in line for line in log_lines.lines)  # the capture works
     leaks: dict[str, list[str]] = {}
     for line in log_lines.lines:
         for name, secret in secrets.items():

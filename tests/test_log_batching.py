@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.logs import MAX_BATCHED_LINES, REQUEST_ID, AccessLog, BatchingStreamHandler, JsonFormatter
+from gateway.logs import MAX_BATCHED_LINES, REQUEST_ID, AccessLog, BatchingStreamHandler, JsonFormatter, json_line
+from tests.processes import free_port
 from tests.proxy_harness import gateway_process
 
 
@@ -171,3 +172,68 @@ async def test_the_server_writes_one_access_line_per_request_with_its_request_id
     assert [(a["route"], a["status"], a["request_id"], a["path"]) for a in access] == [
         ("proxy", "200", f"id-{n}", "/v1/version") for n in range(3)
     ]
+
+
+def test_lines_stay_ascii_json_whatever_the_values_hold() -> None:
+    # Undecodable request bytes arrive as lone surrogates; orjson refuses those and integers beyond 64 bits, and
+    # writes non-ASCII text raw: such lines fall back to the stdlib encoder, so every line stays ASCII JSON.
+    fields: dict[str, object] = {
+        "path": "/v1/\udcff",
+        "name": "é",
+        "big": 2**70,
+        "when": datetime(2024, 1, 2, tzinfo=UTC),
+        "kinds": {"part"},
+        "ms": 1.5,
+    }
+    line = json_line(fields)
+    assert line.isascii()
+    assert json.loads(line) == fields | {"when": "2024-01-02 00:00:00+00:00", "kinds": "{'part'}"}
+
+
+async def test_the_server_writes_the_upload_route_line_and_the_access_line_straight_to_its_log(
+    tmp_path: Path,
+) -> None:
+    upstream = f"http://127.0.0.1:{free_port()}"  # never called: the gateway answers upload routes itself
+    async with gateway_process(upstream, tmp_path, SERVER_LOG_LEVEL="info") as gateway:
+        async with aiohttp.ClientSession() as session:
+            headers = {"X-Request-Id": "part-1"}
+            async with session.put(f"{gateway.url}/v2/imagefile/42/_multipart", data=b"{", headers=headers) as answer:
+                assert answer.status == 400
+    lines = [json.loads(line) for line in gateway.log_path.read_text().splitlines()]
+    mine = [line for line in lines if line.get("request_id") == "part-1"]
+    assert [(line["logger"], line["message"], line["route"]) for line in mine] == [
+        ("gateway.routes", "upload route", "upload-part"),
+        ("gateway.access", "request", "upload-part"),
+    ]
+    # The route line names what the handler did ("error": it raised), the access line what the client got.
+    assert (mine[0]["event"], mine[0]["image_id"], mine[0]["outcome"], mine[1]["status"]) == (
+        "route",
+        "42",
+        "error",
+        "400",
+    )
+
+
+async def test_a_background_handler_writes_off_the_event_loop_thread_in_order_and_close_writes_the_rest() -> None:
+    writers: list[threading.Thread] = []
+
+    class RecordingStream(CountingStream):
+        def write(self, text: str) -> int:
+            writers.append(threading.current_thread())
+            return super().write(text)
+
+    stream = RecordingStream()
+    handler = BatchingStreamHandler(stream, background=True)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger(f"test.background.{id(stream)}")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for n in range(3):
+        log.info("request %d", n)
+    await asyncio.sleep(0)
+    log.warning("trouble")
+    log.info("last")
+    handler.close()  # "last" is still pending, and batches may still be queued: close writes them all
+    assert messages(stream) == ["request 0", "request 1", "request 2", "trouble", "last"]
+    assert writers and threading.current_thread() not in writers  # a slow disk never stalls the loop

@@ -245,7 +245,7 @@ async def test_content_length_beside_chunked_is_dropped_and_the_clients_connecti
         gateway = await start_gateway(aiohttp_client, upstream)
         async with asyncio.timeout(EVENT_TIMEOUT_S):  # a bound, not a threshold: without the fix the client hangs
             for _ in range(2):  # the second answer on the same client connection proves it stayed in step
-                response = await gateway.get("/v1/images/x")
+                response = await gateway.get("/v1/collections/x")
                 assert response.status == 200
                 assert response.headers.get("Content-Length", str(size)) == str(size)
                 assert await response.read() == body
@@ -280,7 +280,7 @@ async def test_ambiguous_framing_from_the_registry_is_a_502_json_error(aiohttp_c
     async with RawUpstream(lambda request: answer) as upstream:
         gateway = await start_gateway(aiohttp_client, upstream)
         async with asyncio.timeout(EVENT_TIMEOUT_S):
-            response = await gateway.get("/v1/images/x")
+            response = await gateway.get("/v1/collections/x")
             assert response.status == 502
             error = (await response.json())["error"]
         assert error["code"] == 502 and "registry sent a broken answer" in error["message"]

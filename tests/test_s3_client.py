@@ -171,6 +171,18 @@ async def test_list_parts_of_an_aborted_upload_raises_no_such_upload(
     assert raised.value.code == LIST_PARTS_AFTER_ABORT[s3_server.name]
 
 
+async def test_an_abort_of_an_upload_that_is_gone_is_fine(s3: S3Client, prefix: str) -> None:
+    # radosgw answers the second abort 404 NoSuchUpload, SeaweedFS 204: both mean the upload is gone.
+    key = f"{prefix}aborted-twice"
+    upload_id = await s3.create_multipart_upload(BUCKET, key)
+    await s3.abort_multipart_upload(BUCKET, key, upload_id)
+
+    await s3.abort_multipart_upload(BUCKET, key, upload_id)
+
+    with pytest.raises(NoSuchUpload):
+        await s3.list_parts(BUCKET, key, upload_id)
+
+
 async def test_complete_with_a_wrong_etag_raises_invalid_part(s3: S3Client, prefix: str) -> None:
     key = f"{prefix}wrong-etag"
     upload_id = await s3.create_multipart_upload(BUCKET, key)
@@ -445,6 +457,56 @@ async def test_a_complete_whose_answer_was_lost_is_recognised_when_the_retry_fin
     MinIO answers a second Complete (404 NoSuchUpload). radosgw and SeaweedFS themselves answer a repeated
     Complete with 200 and the object's ETag."""
     completes: list[str] = []
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        settings = await complete_proxy(s3_server, aiohttp_server, session, completes, lose_first=True)
+        async with S3Client(settings) as s3:
+            key = f"{prefix}lost-answer"
+            upload_id = await s3.create_multipart_upload(BUCKET, key)
+            parts = [(1, await s3.upload_part(BUCKET, key, upload_id, 1, b"only part"))]
+
+            result = await s3.complete_multipart_upload(BUCKET, key, upload_id, parts)
+
+            assert completes == ["forwarded, got 200", "answered NoSuchUpload"]
+            assert result.etag.endswith("-1")
+    async with S3Client(settings_for(s3_server)) as direct, direct.get_object(BUCKET, key) as stream:
+        assert await stream.read() == b"only part"
+
+
+async def test_a_second_complete_of_a_completed_upload_returns_the_object_where_the_server_says_no_such_upload(
+    s3_server: S3Server, aiohttp_server: ServerFactory, prefix: str
+) -> None:
+    # A client retrying its complete after success (its answer lost, the registry's step failed): MinIO and AWS
+    # answer NoSuchUpload, radosgw and SeaweedFS 200. The client makes them all answer 200 (issue 15 point 2: this
+    # recovery was the upload service's own, a second one beside the client's).
+    completes: list[str] = []
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        settings = await complete_proxy(s3_server, aiohttp_server, session, completes, lose_first=False)
+        async with S3Client(settings) as s3:
+            key = f"{prefix}completed-twice"
+            upload_id = await s3.create_multipart_upload(BUCKET, key)
+            parts = [(1, await s3.upload_part(BUCKET, key, upload_id, 1, b"only part"))]
+            first = await s3.complete_multipart_upload(BUCKET, key, upload_id, parts)
+
+            again = await s3.complete_multipart_upload(BUCKET, key, upload_id, parts)
+
+            assert completes == ["forwarded, got 200", "answered NoSuchUpload"]
+            assert again.etag == first.etag and again.etag.endswith("-1")
+            await s3.delete_object(BUCKET, key)
+            with pytest.raises(NoSuchUpload):  # no object of as many parts: gone is gone
+                await s3.complete_multipart_upload(BUCKET, key, upload_id, parts)
+
+
+async def complete_proxy(
+    s3_server: S3Server,
+    aiohttp_server: ServerFactory,
+    session: aiohttp.ClientSession,
+    completes: list[str],
+    *,
+    lose_first: bool,
+) -> S3Settings:
+    """Settings for a proxy in front of ``s3_server`` that forwards every request but the Completes after the
+    first, which it answers 404 NoSuchUpload as MinIO and AWS do; the first Complete's answer becomes a 500 when
+    ``lose_first``. What happened to each Complete is appended to ``completes``."""
 
     async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -462,25 +524,14 @@ async def test_a_complete_whose_answer_was_lost_is_recognised_when_the_retry_fin
             answer = await upstream.read()
             if is_complete:
                 completes.append(f"forwarded, got {upstream.status}")
-                return s3_error(500, "InternalError").response()
+                if lose_first:
+                    return s3_error(500, "InternalError").response()
             return web.Response(status=upstream.status, body=answer, headers=kept_headers(upstream))
 
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", forward)
-        proxy = await aiohttp_server(app)
-        settings = replace(settings_for(s3_server), endpoint=str(proxy.make_url("")).rstrip("/"))
-        async with S3Client(settings) as s3:
-            key = f"{prefix}lost-answer"
-            upload_id = await s3.create_multipart_upload(BUCKET, key)
-            parts = [(1, await s3.upload_part(BUCKET, key, upload_id, 1, b"only part"))]
-
-            result = await s3.complete_multipart_upload(BUCKET, key, upload_id, parts)
-
-            assert completes == ["forwarded, got 200", "answered NoSuchUpload"]
-            assert result.etag.endswith("-1")
-    async with S3Client(settings_for(s3_server)) as direct, direct.get_object(BUCKET, key) as stream:
-        assert await stream.read() == b"only part"
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    proxy = await aiohttp_server(app)
+    return replace(settings_for(s3_server), endpoint=str(proxy.make_url("")).rstrip("/"))
 
 
 def kept_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:

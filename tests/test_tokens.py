@@ -112,3 +112,23 @@ def test_bearer_casing_does_not_change_who_the_caller_is() -> None:
     token = SEALER.seal(grant())
     SEALER.open(token, image_id="42", credential=credential_of(f"BEARER {CREDENTIAL}"), now=0)
     SEALER.open(token, image_id="42", credential=credential_of(f"Bearer {CREDENTIAL}"), now=0)
+
+
+def test_a_token_opened_before_is_still_checked_for_image_caller_and_expiry_each_time() -> None:
+    sealer = TokenSealer("s3cret-s3cret-s3cret")
+    token = sealer.seal(grant())
+    for _ in range(2):  # the second time its MAC and JSON are not read again
+        assert sealer.open(token, image_id="42", credential=CREDENTIAL, now=0) == grant()
+    with pytest.raises(Forbidden, match="another image"):
+        sealer.open(token, image_id="43", credential=CREDENTIAL, now=0)
+    with pytest.raises(Forbidden, match="another caller"):
+        sealer.open(token, image_id="42", credential="someone-else", now=0)
+    with pytest.raises(Gone):
+        sealer.open(token, image_id="42", credential=CREDENTIAL, now=2_000_000_000)
+
+
+def test_tokens_opened_lately_are_remembered_up_to_a_bound() -> None:
+    sealer = TokenSealer("s3cret-s3cret-s3cret")
+    for n in range(3000):
+        sealer.open(sealer.seal(grant(upload_id=f"u-{n}")), image_id="42", credential=CREDENTIAL, now=0)
+    assert 0 < len(sealer._opened) <= 1024

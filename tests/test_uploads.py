@@ -130,3 +130,12 @@ def test_another_registrys_object_ids_pass_with_the_documented_pattern() -> None
             check_image_id(bad, object_ids)
     with pytest.raises(InvalidRequest):  # the safe set bounds every pattern
         check_image_id("a/b", re.compile(".*"))
+
+
+def test_bodies_orjson_refuses_are_decided_by_the_stdlib_parser_as_before() -> None:
+    # orjson parses the common case; UTF-16 bodies and integers past 64 bits it refuses, the stdlib takes.
+    assert StartRequest.parse('{"filesize": 10}'.encode("utf-16")).filesize == 10
+    with pytest.raises(InvalidRequest, match="filesize: must be within"):
+        StartRequest.parse(b'{"filesize": 99999999999999999999999}')
+    with pytest.raises(InvalidRequest, match="nested too deeply"):
+        StartRequest.parse(b"[" * 100_000)

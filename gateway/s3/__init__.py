@@ -6,6 +6,7 @@ tests/test_s3_client.py):
 - radosgw answers ListParts of an aborted upload with 404 NoSuchKey: upload-scoped 404s raise NoSuchUpload;
 - radosgw answers CompleteMultipartUpload of an aborted upload with 500 InternalError, every time: after the
   retries, a one-part ListParts tells a gone upload (NoSuchUpload, or success if it was completed) from an outage;
+- radosgw answers AbortMultipartUpload of a gone upload with 404 NoSuchUpload, SeaweedFS with 204: both are done;
 - SeaweedFS pages ListMultipartUploads by upload id only (no NextKeyMarker): upload-id-marker is sent alone.
 """
 

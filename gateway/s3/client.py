@@ -3,9 +3,10 @@
 Retries (exponential backoff with jitter, ``max_retries`` extra attempts, each attempt signed afresh) happen only
 where repeating a call cannot do harm: HEAD, GET (until the body starts), List*, DELETE, Abort, single PUTs and
 UploadPart with an in-memory body (the same bytes overwrite the same object or part) and CompleteMultipartUpload.
-Complete is retried because S3 says so (a 200 <Error> InternalError asks the caller to retry) and the AWS SDKs do;
-if a retry then finds the upload gone, an earlier attempt whose answer was lost may have completed it, so the
-object is looked up and accepted when it exists with a multipart ETag for as many parts (``"...-<n>"``).
+Complete is retried because S3 says so (a 200 <Error> InternalError asks the caller to retry) and the AWS SDKs do.
+Complete is idempotent here: when it finds the upload gone, an earlier complete may have made the object (an
+attempt whose answer was lost, or an earlier call), so the object is looked up and accepted when it exists with a
+multipart ETag for as many parts (``"...-<n>"``). Abort is idempotent too: an upload already gone is fine.
 CreateMultipartUpload is retried only when the connection could not even be opened (the request never left);
 a repeat could leave an orphan upload. Streamed bodies are never retried: they cannot be replayed.
 
@@ -16,12 +17,14 @@ Server behaviours handled here (radosgw 16.2.15, SeaweedFS 4.48; tests/test_s3_c
 - radosgw answers ListParts of an aborted upload with 404 NoSuchKey: upload-scoped 404s raise NoSuchUpload;
 - radosgw answers CompleteMultipartUpload of an aborted upload with 500 InternalError, every time: after the
   retries, a one-part ListParts tells a gone upload (NoSuchUpload, or success if it was completed) from an outage;
+- radosgw answers AbortMultipartUpload of a gone upload with 404 NoSuchUpload, SeaweedFS with 204: both are done;
 - SeaweedFS pages ListMultipartUploads by upload id only (no NextKeyMarker): upload-id-marker is sent alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import io
 import random
@@ -271,19 +274,14 @@ class S3Client:
             body=complete_body(parts),
             upload_scoped=True,
         )
-        outcome_unknown = False
-
-        def note_failure(exc: S3Error) -> None:
-            nonlocal outcome_unknown
-            outcome_unknown = outcome_unknown or not isinstance(exc, S3ConnectionError) or exc.request_sent
-
         try:
-            answer = await self._call(request, on_retry=note_failure)
+            answer = await self._call(request)
         except NoSuchUpload:
-            if outcome_unknown:
-                completed = await self._completed_earlier(bucket, key, len(parts))
-                if completed is not None:
-                    return completed
+            # An earlier complete may have made the object: an attempt of this call whose answer was lost, or an
+            # earlier call (a client retrying its complete; radosgw and SeaweedFS answer that with 200 themselves).
+            completed = await self._completed_earlier(bucket, key, len(parts))
+            if completed is not None:
+                return completed
             raise
         except S3ServerError:
             # radosgw answers a complete of an aborted upload with 500 InternalError however often it is asked: when
@@ -314,12 +312,14 @@ class S3Client:
         return None
 
     async def _completed_earlier(self, bucket: str, key: str, part_count: int) -> CompleteResult | None:
+        """The object at ``key`` when it has a multipart ETag for as many parts (``"...-<n>"``), else None."""
         info = await self.head_object(bucket, key)
         if info is None or not info.etag.endswith(f"-{part_count}"):
             return None
         return CompleteResult(etag=info.etag, location=self._object_url(bucket, key))
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort an upload; one that is gone already is fine (SeaweedFS answers 204 for it, radosgw 404)."""
         request = _Request(
             "AbortMultipartUpload",
             "DELETE",
@@ -327,17 +327,8 @@ class S3Client:
             query=(("uploadId", upload_id),),
             upload_scoped=True,
         )
-        retried = False
-
-        def note_retry(exc: S3Error) -> None:
-            nonlocal retried
-            retried = True
-
-        try:
-            await self._call(request, on_retry=note_retry)
-        except NoSuchUpload:
-            if not retried:  # after a retry, gone is what we wanted: the first attempt may have done it
-                raise
+        with contextlib.suppress(NoSuchUpload):
+            await self._call(request)
 
     async def list_parts(self, bucket: str, key: str, upload_id: str, *, page_size: int = 1000) -> list[Part]:
         parts: list[Part] = []
@@ -500,13 +491,7 @@ class S3Client:
 
     # -- transport ------------------------------------------------------------------------------------------
 
-    async def _call(
-        self,
-        request: _Request,
-        *,
-        stream: AsyncIterable[bytes] | None = None,
-        on_retry: Callable[[S3Error], None] | None = None,
-    ) -> _Answer:
+    async def _call(self, request: _Request, *, stream: AsyncIterable[bytes] | None = None) -> _Answer:
         """Send with retries; a successful answer's body is read (capped) and returned."""
         payload_hash = UNSIGNED_PAYLOAD if stream is not None else await _payload_sha256(request.body)
         attempt = 0
@@ -517,8 +502,6 @@ class S3Client:
             except S3Error as exc:
                 if not self._should_retry(request, exc, attempt):
                     raise
-                if on_retry is not None:
-                    on_retry(exc)
             await asyncio.sleep(self._backoff_s(attempt))
             attempt += 1
 
