@@ -345,7 +345,7 @@ class Forwarder:
             % (method.encode("ascii"), raw_path.encode("utf-8", "surrogateescape"), self._authority)
         ]
         for name, value in headers:
-            if "\r" not in value and "\n" not in value:  # never a header of our own making in two
+            if "\r" not in value and "\n" not in value:  # CR or LF would split the head (aiohttp never lets one in)
                 out += (name.encode("latin-1"), b": ", value.encode("utf-8", "surrogateescape"), b"\r\n")
         if request_id := REQUEST_ID.get():
             out += (b"X-Request-Id: ", request_id.encode("ascii", "replace"), b"\r\n")
