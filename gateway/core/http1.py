@@ -7,7 +7,16 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-__all__ = ["HOP_BY_HOP", "OWS", "ChunkedDecoder", "Framing", "ProtocolError", "ResponseHead", "parse_response_head"]
+__all__ = [
+    "HOP_BY_HOP",
+    "MAX_CHUNK_LINE_BYTES",
+    "OWS",
+    "ChunkedDecoder",
+    "Framing",
+    "ProtocolError",
+    "ResponseHead",
+    "parse_response_head",
+]
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -31,6 +40,7 @@ class ProtocolError(Exception):
 
 Framing = Literal["none", "length", "chunked", "close"]
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,16}")
+MAX_CHUNK_LINE_BYTES: Final = 4096  # a chunk size line or a trailer line, extensions included
 
 
 @dataclass(slots=True)
@@ -179,9 +189,10 @@ class ChunkedDecoder:
                 self._state = self.SIZE
             else:
                 line_end = data.find(b"\r\n", position)
+                # The same limit whatever pieces the line comes in: a CRLF still to come would start at end - 1.
+                if (line_end if line_end >= 0 else end - 1) - position > MAX_CHUNK_LINE_BYTES:
+                    raise ProtocolError("chunk size line too long")
                 if line_end < 0:
-                    if end - position > 4096:
-                        raise ProtocolError("chunk size line too long")
                     self._pending = data[position:]
                     break
                 line = data[position:line_end]

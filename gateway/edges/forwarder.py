@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Final, Literal
 
 from aiohttp import web
@@ -29,7 +29,6 @@ from ..core.request_context import REQUEST_ID
 from .http_client import UpstreamBodyError, UpstreamClosed, UpstreamConnection, UpstreamPool
 
 __all__ = [
-    "SKIP_AUTO_HEADERS",
     "ForwardingPolicy",
     "Forwarder",
     "RedirectStatus",
@@ -46,8 +45,6 @@ RedirectStatus = Callable[[str], int | None]
 
 _HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
 _FORWARDING_BYTES: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
-# aiohttp's client would add these when absent; the upstream must see only what the client sent (registry_client.py).
-SKIP_AUTO_HEADERS: Final = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 SMALL_BODY_BYTES: Final = 64 * 1024  # request bodies up to this are read whole: one write, and replayable
 # Chunked request bodies up to this are read whole and sent with a Content-Length: uWSGI reads a chunked body as
@@ -56,6 +53,8 @@ CHUNKED_BUFFER_BYTES: Final = 1024 * 1024
 MAX_FETCH_BYTES: Final = 1024 * 1024  # answers the gateway reads whole to edit (image metadata)
 # A Location from the registry → the one the client gets, or None to keep it.
 LocationRewrite = Callable[[str], str | None]
+# Sends the rest of a streamed request once its head is written.
+SendRest = Callable[[UpstreamConnection], Awaitable[None]]
 CONTINUE_WAIT_S: Final = 1.0  # for the upstream's 100 Continue before telling the client to go on (as curl waits)
 
 
@@ -167,6 +166,7 @@ class Forwarder:
         self.first_byte_timeout_s = first_byte_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.rewrite_location = rewrite_location
+        self._authority = policy.upstream_authority
 
     @classmethod
     def from_config(cls, config: Config, *, rewrite_location: LocationRewrite | None = None) -> Forwarder:
@@ -301,9 +301,14 @@ class Forwarder:
         except Exception:  # the client went away mid-body, or sent a broken chunk
             return web.Response(status=499, reason="Client Closed Request")
         head_bytes = self.request_head(request, chunked=chunked, content_length=content_length)
+        send_rest = (
+            partial(self._send_streamed, request, body=body, chunked=chunked, expect_continue=expect_continue)
+            if streamed
+            else None
+        )
         try:
             conn, head = await self._exchange(
-                request, head_bytes, body, streamed=streamed, chunked=chunked, expect_continue=expect_continue
+                request.method, head_bytes, b"" if streamed else body, send_rest=send_rest
             )
         except ClientGone:
             return web.Response(status=499, reason="Client Closed Request")
@@ -325,11 +330,46 @@ class Forwarder:
     async def fetch(self, request: web.BaseRequest, raw_path: str, *, rewrite_location: bool = True) -> UpstreamReply:
         """GET ``raw_path`` upstream with the client's headers and read the answer whole (at most 1 MiB)."""
         head_bytes = self.request_head(request, method="GET", raw_path=raw_path, chunked=False, with_body=False)
-        conn, head = await self._exchange(request, head_bytes, b"", streamed=False, chunked=False, method="GET")
+        head, body = await self._exchange_whole("GET", head_bytes, b"", first_byte_timeout_s=self.first_byte_timeout_s)
+        headers = self.response_headers(head, rewrite_location=self.rewrite_location if rewrite_location else None)
+        return UpstreamReply(head.status, head.reason, headers, body)
+
+    async def call(
+        self, method: str, raw_path: str, headers: Iterable[tuple[str, str]], body: bytes, *, timeout_s: float
+    ) -> UpstreamReply:
+        """A request of the gateway's own (registry.py) on the same pool, its answer read whole (at most 1 MiB):
+        Host as configured, then ``headers`` as given, the request's X-Request-Id, and the body's Content-Length.
+        ``timeout_s`` bounds the wait for the answer's head and each silence in its body."""
+        out = [
+            b"%s %s HTTP/1.1\r\nHost: %s\r\n"
+            % (method.encode("ascii"), raw_path.encode("utf-8", "surrogateescape"), self._authority)
+        ]
+        for name, value in headers:
+            if "\r" not in value and "\n" not in value:  # CR or LF would split the head (aiohttp never lets one in)
+                out += (name.encode("latin-1"), b": ", value.encode("utf-8", "surrogateescape"), b"\r\n")
+        if request_id := REQUEST_ID.get():
+            out += (b"X-Request-Id: ", request_id.encode("ascii", "replace"), b"\r\n")
+        out.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        head, answer = await self._exchange_whole(
+            method, b"".join(out), body, first_byte_timeout_s=timeout_s, idle_timeout_s=timeout_s
+        )
+        return UpstreamReply(head.status, head.reason, self.response_headers(head, rewrite_location=None), answer)
+
+    async def _exchange_whole(
+        self,
+        method: str,
+        head_bytes: bytes,
+        body: bytes,
+        *,
+        first_byte_timeout_s: float,
+        idle_timeout_s: float | None = None,
+    ) -> tuple[ResponseHead, bytes]:
+        conn, head = await self._exchange(method, head_bytes, body, first_byte_timeout_s=first_byte_timeout_s)
+        idle = self.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
         try:
             parts: list[bytes] = []
             size = 0
-            while piece := await conn.read_body(self.idle_timeout_s):
+            while piece := await conn.read_body(idle):
                 size += len(piece)
                 if size > MAX_FETCH_BYTES:
                     raise UpstreamUnavailable("registry answer too large to edit")
@@ -342,23 +382,23 @@ class Forwarder:
             raise UpstreamTimeout("registry went silent mid-answer") from exc
         finally:
             self.pool.release(conn)
-        headers = self.response_headers(head, rewrite_location=self.rewrite_location if rewrite_location else None)
-        return UpstreamReply(head.status, head.reason, headers, b"".join(parts))
+        return head, b"".join(parts)
 
     async def _exchange(
         self,
-        request: web.BaseRequest,
+        method: str,
         head_bytes: bytes,
         body: bytes,
         *,
-        streamed: bool,
-        chunked: bool,
-        expect_continue: bool = False,
-        method: str | None = None,
+        send_rest: SendRest | None = None,
+        first_byte_timeout_s: float | None = None,
     ) -> tuple[UpstreamConnection, ResponseHead]:
-        """Send the request and wait for the answer's head; a reused connection the upstream had closed meanwhile
-        is retried once on a fresh one. Streamed bodies always go on a fresh connection, so they never meet a
-        dead one after their first byte is gone."""
+        """Send the request (``head_bytes`` and ``body``, then ``send_rest`` when the body is streamed) and wait for
+        the answer's head; a reused connection the upstream had closed meanwhile is retried once on a fresh one.
+        Streamed bodies always go on a fresh connection, so they never meet a dead one after their first byte is
+        gone."""
+        streamed = send_rest is not None
+        first_byte_s = self.first_byte_timeout_s if first_byte_timeout_s is None else first_byte_timeout_s
         for attempt in (1, 2):
             try:
                 idle = None if streamed else self.pool.idle_connection()
@@ -367,23 +407,19 @@ class Forwarder:
                 raise UpstreamTimeout("registry did not accept a connection in time") from exc
             except OSError as exc:
                 raise UpstreamUnavailable(f"registry unreachable at {self._origin()}: {exc.strerror or exc}") from exc
-            conn.begin(method or request.method)
+            conn.begin(method)
             try:
                 try:
-                    if streamed:
+                    if send_rest is not None:
                         conn.write(head_bytes)
-                        if expect_continue:
-                            await self._relay_continue(request, conn)
-                        if body:  # what was read to decide how to send the rest
-                            conn.writelines((b"%x\r\n" % len(body), body, b"\r\n") if chunked else (body,))
-                        await self._send_stream(request, conn, chunked)
+                        await send_rest(conn)
                     else:
                         conn.write(head_bytes + body if body else head_bytes)
                 except UpstreamClosed:
                     if not conn.answering():
                         raise
                     # It answered (a 413, a 401) and closed before taking the whole body: pass the answer on.
-                head = await conn.read_head(self.first_byte_timeout_s)
+                head = await conn.read_head(first_byte_s)
             except UpstreamClosed as exc:
                 self.pool.release(conn)
                 if reused and attempt == 1:
@@ -405,6 +441,16 @@ class Forwarder:
                 raise
             return conn, head
         raise AssertionError("unreachable")
+
+    async def _send_streamed(
+        self, request: web.BaseRequest, conn: UpstreamConnection, *, body: bytes, chunked: bool, expect_continue: bool
+    ) -> None:
+        """After the head: the client's body, ``body`` being what was read of it to decide how to send the rest."""
+        if expect_continue:
+            await self._relay_continue(request, conn)
+        if body:
+            conn.writelines((b"%x\r\n" % len(body), body, b"\r\n") if chunked else (body,))
+        await self._send_stream(request, conn, chunked)
 
     async def _relay_continue(self, request: web.BaseRequest, conn: UpstreamConnection) -> None:
         """The client waits for 100 Continue before its body: pass on the upstream's, or say it ourselves when the

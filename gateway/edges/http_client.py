@@ -1,6 +1,6 @@
 """The gateway's own HTTP/1.1 client to the registry (aiohttp's client costs several times the rest of a forwarded
 request): a pool of keep-alive connections, each an asyncio protocol that writes a request, parses the answer's
-head (http1.py) and frames its body (Content-Length, chunked, or until close), queueing it with backpressure."""
+head and frames its body (the pure ResponseReader of http1_reader.py), queueing the body with backpressure."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from typing import Final, cast
 from yarl import URL
 
 from ..core.errors import UpstreamUnavailable
-from ..core.http1 import ChunkedDecoder, Framing, ProtocolError, ResponseHead, parse_response_head
+from ..core.http1 import ResponseHead
+from ..core.http1_reader import CONTINUE, END, STRAY, Event, Failed, IncompleteAnswer, NoAnswer, ResponseReader
 
 __all__ = ["UpstreamBodyError", "UpstreamClosed", "UpstreamConnection", "UpstreamPool", "UpstreamProtocolGone"]
 
-MAX_HEAD_BYTES: Final = 64 * 1024  # an answer's status line and headers
 QUEUE_HIGH_BYTES: Final = 1024 * 1024  # answer bytes queued before the upstream connection stops reading
 QUEUE_LOW_BYTES: Final = 256 * 1024
 
@@ -28,9 +28,6 @@ class UpstreamClosed(Exception):
 
 class UpstreamBodyError(Exception):
     """The answer's body ended early or was malformed: the client must see a failure, not a short body."""
-
-
-_IDLE, _HEAD, _BODY, _DONE = range(4)
 
 
 def _expire(waiter: asyncio.Future[None], what: str) -> None:
@@ -77,20 +74,18 @@ class _Wakeup:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection: writes a request, parses one answer at a time, queues its body with
-    backpressure (reading pauses while the client is slower than the upstream)."""
+    """One keep-alive connection: writes a request, feeds what arrives to its ResponseReader (http1_reader.py), and
+    acts on the reader's events: the head for ``read_head``, the body queued with backpressure for ``read_body``
+    (reading pauses while the client is slower than the upstream)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.reusable = True  # cleared by anything that leaves the stream's state unknown
+        self._reusable = True
         self.idle_since = 0.0
         self.head: ResponseHead | None = None
-        self._state = _IDLE
-        self._method = "GET"
-        self._buffer = b""
-        self._got_bytes = False
+        self._reader = ResponseReader()
         self._head_wakeup = _Wakeup(loop)
         self._continued = False  # the upstream said 100 Continue to this request
         self._head_error: BaseException | None = None
@@ -99,12 +94,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_wakeup = _Wakeup(loop)
         self._body_error: BaseException | None = None
         self._body_done = False
-        self._remaining = 0
-        self._framing: Framing = "none"
-        self._decoder: ChunkedDecoder | None = None
         self._reading_paused = False
         self._write_paused = False
         self._drain_wakeup = _Wakeup(loop)
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the connection may carry another request: cleared by anything that leaves the stream's state
+        unknown, here or in the reader."""
+        return self._reusable and self._reader.reusable
+
+    @reusable.setter
+    def reusable(self, value: bool) -> None:
+        self._reusable = value
 
     # asyncio callbacks
 
@@ -115,20 +117,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.reusable = False
-        if self._state == _HEAD and self.head is None and self._head_error is None:
-            self._head_error = (
-                UpstreamProtocolGone("closed in the middle of the answer's head")
-                if self._got_bytes
-                else UpstreamClosed(f"connection closed before the answer ({exc.__class__.__name__ if exc else 'EOF'})")
-            )
-            self._head_wakeup.wake()
-        elif self._state == _BODY and self._body_error is None:
-            if self._framing == "close":
-                self._finish_body(b"")
+        self._reusable = False
+        for event in self._reader.feed_eof():
+            if isinstance(event, Failed) and isinstance(event.error, NoAnswer):
+                reason = exc.__class__.__name__ if exc else "EOF"
+                self._head_error = UpstreamClosed(f"connection closed before the answer ({reason})")
+                self._head_wakeup.wake()
             else:
-                self._body_error = UpstreamBodyError("upstream closed the connection in the middle of the body")
-                self._body_wakeup.wake()
+                self._on(event)
         self._drain_wakeup.fail(UpstreamClosed("connection closed while sending the request"))
 
     def pause_writing(self) -> None:
@@ -139,17 +135,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain_wakeup.wake()
 
     def data_received(self, data: bytes) -> None:
-        if self._state == _BODY:
-            self._feed_body(data)
-        elif self._state == _HEAD:
-            self._got_bytes = True
-            self._buffer = self._buffer + data if self._buffer else data
-            self._parse_head()
-        else:
-            # Bytes nobody asked for, e.g. the body of a HEAD answer (sregistry under uWSGI, docs/protocol.md
-            # G3): the stream is out of step and this connection must never carry another request.
-            self.reusable = False
-            self.abort()
+        for event in self._reader.feed(data):
+            if isinstance(event, bytes):  # the common case first
+                self._queue(event)
+            else:
+                self._on(event)
 
     def eof_received(self) -> bool | None:
         return False  # let the transport close; connection_lost reports it
@@ -157,10 +147,7 @@ class UpstreamConnection(asyncio.Protocol):
     # the exchange, for the forwarder
 
     def begin(self, method: str) -> None:
-        self._state = _HEAD
-        self._method = method
-        self._buffer = b""
-        self._got_bytes = False
+        self._reader.begin(method)
         self.head = None
         self._head_error = None
         self._continued = False
@@ -168,10 +155,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._queued = 0
         self._body_error = None
         self._body_done = False
-        self._decoder = None
 
     def begin_idle(self) -> None:
-        self._state = _IDLE
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
@@ -235,107 +220,51 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def answer_complete(self) -> bool:
-        return self._state == _DONE
+        return self._reader.done
 
     def answering(self) -> bool:
         """The head of an answer arrived (perhaps before the request body was all sent)."""
         return self.head is not None or self._head_error is not None
 
     def abort(self) -> None:
-        self.reusable = False
+        self._reusable = False
         if self.transport is not None:
             self.transport.abort()
 
-    # internals
+    # the reader's events
 
-    def _parse_head(self) -> None:
-        while True:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > MAX_HEAD_BYTES:
-                    self._fail_head(ProtocolError("answer head too large"))
-                return
-            try:
-                head = parse_response_head(self._buffer[:end])
-            except ProtocolError as exc:
-                self._fail_head(exc)
-                return
-            rest = self._buffer[end + 4 :]
-            if 100 <= head.status < 200:
-                if head.status == 101:
-                    self._fail_head(ProtocolError("upstream switched protocols, which the gateway never asks for"))
-                    return
-                self._buffer = rest  # an interim answer (100 Continue, 103): the final one follows
-                if head.status == 100:
-                    self._continued = True
-                    self._head_wakeup.wake()
-                continue
-            self._buffer = b""
-            self.head = head
-            self._framing = head.framing(self._method)
-            if not head.keep_alive or (self._method == "HEAD" and head.content_length != 0):
-                # A HEAD answer that announces a body may be followed by one (uWSGI, docs/protocol.md G3).
-                self.reusable = False
-            self._state = _BODY
-            if self._framing == "chunked":
-                self._decoder = ChunkedDecoder()
-            elif self._framing == "length":
-                self._remaining = head.content_length or 0
-            if self._framing == "none" or (self._framing == "length" and not self._remaining):
-                self._finish_body(rest)
-            elif rest:
-                self._feed_body(rest)
+    def _on(self, event: Event) -> None:
+        if event is END:
+            self._body_done = True
+            self._body_wakeup.wake()
+        elif isinstance(event, ResponseHead):
+            self.head = event
             self._head_wakeup.wake()
-            return
-
-    def _fail_head(self, exc: BaseException) -> None:
-        self._head_error = exc
-        self.abort()
-        self._head_wakeup.wake()
-
-    def _feed_body(self, data: bytes) -> None:
-        if self._framing == "length":
-            if len(data) < self._remaining:
-                self._remaining -= len(data)
-                self._queue(data)
+        elif event is CONTINUE:
+            self._continued = True
+            self._head_wakeup.wake()
+        elif isinstance(event, Failed):
+            if self.head is None:  # the head is broken
+                error = event.error
+                self._head_error = UpstreamProtocolGone(str(error)) if isinstance(error, IncompleteAnswer) else error
+                self.abort()
+                self._head_wakeup.wake()
             else:
-                self._queue(data[: self._remaining] if len(data) > self._remaining else data)
-                self._finish_body(data[self._remaining :])
-        elif self._framing == "chunked":
-            assert self._decoder is not None
-            try:
-                pieces = self._decoder.feed(data)
-            except ProtocolError as exc:
-                self._body_error = UpstreamBodyError(f"malformed chunked body: {exc}")
+                self._body_error = UpstreamBodyError(str(event.error))
                 self.abort()
                 self._body_wakeup.wake()
-                return
-            for piece in pieces:
-                self._queue(piece)
-            if self._decoder.done:
-                self._finish_body(self._decoder.leftover)
-        elif self._framing == "close":
-            self._queue(data)
-        else:
-            self.reusable = False
+        elif event is STRAY:
+            # Bytes nobody asked for, e.g. the body of a HEAD answer (sregistry under uWSGI, docs/protocol.md
+            # G3): the stream is out of step and this connection must never carry another request.
             self.abort()
 
     def _queue(self, piece: bytes) -> None:
-        if not piece:
-            return
         self._body.append(piece)
         self._queued += len(piece)
         self._body_wakeup.wake()
         if not self._reading_paused and self._queued > QUEUE_HIGH_BYTES and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
-
-    def _finish_body(self, leftover: bytes) -> None:
-        self._state = _DONE
-        self._body_done = True
-        if leftover:
-            self.reusable = False
-        self._body_wakeup.wake()
 
 
 class UpstreamProtocolGone(UpstreamBodyError):

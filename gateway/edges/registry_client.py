@@ -1,5 +1,5 @@
 """Calls the gateway makes to the registry itself: the legacy upload start (which is how the gateway asks who
-may push), ``_complete``, and the relay PUT of an assembled image to a registry that stores uploads itself."""
+may push), ``_complete``, readiness, and the relay PUT of an assembled image to the upload URL the registry signs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from ..core.errors import RelayFailed, UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
-from ..core.request_context import REQUEST_ID
-from .forwarder import SKIP_AUTO_HEADERS
+from ..core.config import Config
+from ..core.errors import RelayFailed, UpstreamRefused, UpstreamUnavailable
+from .forwarder import Forwarder
 
 __all__ = ["Registry", "UpstreamAnswer", "error_message", "json_or_none"]
 
@@ -36,33 +36,43 @@ def error_message(answer: UpstreamAnswer) -> str:
 
 
 class Registry:
-    def __init__(self, session: aiohttp.ClientSession, base: URL, *, read_timeout_s: float) -> None:
-        self.session = session
-        self.base = base.origin()
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout_s)
+    """The registry as the gateway itself calls it. Its JSON calls share the forwarder's connection pool (one pool
+    to the registry, ``upstream.pool_size``). A relay goes to whatever upload URL the registry signs, usually its
+    S3 on another host, so it has its own aiohttp session: opened at the first relay, holding at most one
+    connection per client connection (each relay is a client's complete waiting on it)."""
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        *,
+        read_timeout_s: float,
+        connect_timeout_s: float,
+        relay_connections: int,
+    ) -> None:
+        self.forwarder = forwarder
+        self.read_timeout_s = read_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.relay_connections = relay_connections
+        self._relay_session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, forwarder: Forwarder) -> Registry:
+        return cls(
+            forwarder,
+            read_timeout_s=config.upstream.read_timeout_seconds,
+            connect_timeout_s=config.upstream.connect_timeout_seconds,
+            relay_connections=config.server.max_connections,
+        )
+
+    async def close(self) -> None:
+        if self._relay_session is not None:
+            await self._relay_session.close()
 
     async def call(self, method: str, path: str, *, headers: CIMultiDict[str], body: bytes) -> UpstreamAnswer:
-        """One small JSON call; raises UpstreamUnavailable/UpstreamTimeout when the registry can't be reached."""
-        headers = CIMultiDict(headers)
-        headers["Host"] = self.base.raw_authority
-        if request_id := REQUEST_ID.get():
-            headers["X-Request-Id"] = request_id
-        try:
-            async with self.session.request(
-                method,
-                URL(str(self.base) + path, encoded=True),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
-                timeout=self.timeout,
-            ) as response:
-                raw = await response.read()
-                return UpstreamAnswer(response.status, raw, json_or_none(raw))
-        except TimeoutError as exc:
-            raise UpstreamTimeout("registry did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"registry unreachable: {exc.__class__.__name__}") from exc
+        """One small JSON call; raises UpstreamUnavailable/UpstreamTimeout when the registry can't be reached or
+        answers out of time or broken."""
+        reply = await self.forwarder.call(method, path, headers.items(), body, timeout_s=self.read_timeout_s)
+        return UpstreamAnswer(reply.status, reply.body, json_or_none(reply.body))
 
     async def start_upload(self, image_id: str, *, headers: CIMultiDict[str], filesize: int) -> str:
         """Ask the registry for a legacy upload URL: its consent that this caller may push this image."""
@@ -88,8 +98,12 @@ class Registry:
         target = URL(url, encoded=True)
         host = target.raw_authority
         try:
-            async with self.session.put(
-                target, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+            async with self._relay().put(
+                target,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=self.read_timeout_s),
+                allow_redirects=False,
             ) as response:
                 answer = UpstreamAnswer(response.status, await response.read(), None)
         except TimeoutError as exc:
@@ -112,6 +126,16 @@ class Registry:
                 f"{host} refused the relayed image ({answer.status}{_s3_code(answer.body)})",
                 retryable=answer.status >= 500,
             )
+
+    def _relay(self) -> aiohttp.ClientSession:
+        if self._relay_session is None:
+            self._relay_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.relay_connections),
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout_s),
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._relay_session
 
 
 def _s3_code(body: bytes) -> str:

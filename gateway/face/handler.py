@@ -16,9 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from ..core.config import Config
 from ..core.errors import GatewayError, StorageUnavailable, UpstreamTimeout, UpstreamUnavailable
@@ -74,20 +72,15 @@ class Gateway:
 
     async def start(self) -> None:
         config = self.config
-        upstream_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=config.upstream.pool_size),
-            timeout=aiohttp.ClientTimeout(total=None, connect=config.upstream.connect_timeout_seconds),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        self._closing.append(upstream_session.close)
         s3 = S3Client(S3Settings.of(config.s3), clock=self._now)
         self._closing.append(s3.close)
-        upstream = URL(config.upstream.url)
-        registry = Registry(upstream_session, upstream, read_timeout_s=config.upstream.read_timeout_seconds)
         signer = Signer(Credentials(config.s3.access_key, config.s3.secret_key), config.s3.region)
         locations = LocationPolicy(config, signer=signer, clock=self._now, metrics=self.metrics)
         modes = ModeLog(self.metrics)
+        forwarder = Forwarder.from_config(config, rewrite_location=locations.public_location)
+        self._closing.append(forwarder.close)
+        registry = Registry.from_config(config, forwarder)  # its JSON calls share the forwarder's pool
+        self._closing.append(registry.close)
         service = UploadService(
             config=config,
             s3=s3,
@@ -107,8 +100,6 @@ class Gateway:
             metrics=self.metrics,
             modes=modes,
         )
-        forwarder = Forwarder.from_config(config, rewrite_location=locations.public_location)
-        self._closing.append(forwarder.close)
         self._handlers = Handlers(
             config=config,
             service=service,

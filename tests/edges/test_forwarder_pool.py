@@ -8,11 +8,16 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
+from gateway.core.errors import UpstreamTimeout
+from gateway.core.request_context import REQUEST_ID
 from gateway.face.handler import Gateway
 from tests.support.gateway_fixtures import GatewayTestServer, gateway_config
+from tests.support.proxy_harness import RawUpstream
 from tests.support.registry import REQUEST_LOG, RegistrySettings, make_registry_app
 
 Client = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -125,3 +130,49 @@ async def test_concurrent_requests_beyond_the_pool_size_wait_for_a_connection(
     assert await asyncio.gather(*(one() for _ in range(8))) == [200] * 8
     assert active[1] == 2
     assert len(set(peers)) == 2
+
+
+# -- the registry's own calls (issue 15: one pool to the registry) -----------------------------------------------
+
+
+def json_answer(head: bytes) -> bytes:
+    return b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"data":"here"}'
+
+
+async def test_the_registrys_own_calls_ride_the_forwarders_pooled_connection(aiohttp_client: Client) -> None:
+    async with RawUpstream(json_answer) as upstream:
+        gateway = Gateway(gateway_config(upstream_url=upstream.url))
+        client = await aiohttp_client(GatewayTestServer(gateway))
+        assert (await client.get("/version")).status == 200
+        REQUEST_ID.set("call-1")
+        headers = CIMultiDict({"Authorization": "Bearer t", "X-Forwarded-For": "10.0.0.7"})
+        answer = await gateway.handlers.registry.call("POST", "/v2/imagefile/5", headers=headers, body=b"{}")
+        assert (answer.status, answer.json) == (200, {"data": "here"})
+        assert (await client.get("/version")).status == 200
+        # One connection for all three: the registry's calls share the forwarder's pool (upstream.pool_size).
+        assert upstream.connections == 1
+        authority = upstream.url.removeprefix("http://").encode()
+        assert upstream.requests[1] == (
+            b"POST /v2/imagefile/5 HTTP/1.1\r\nHost: " + authority + b"\r\nAuthorization: Bearer t\r\n"
+            b"X-Forwarded-For: 10.0.0.7\r\nX-Request-Id: call-1\r\nContent-Length: 2\r\n\r\n{}"
+        )
+
+
+async def test_a_registry_call_left_unanswered_times_out_as_the_registrys_timeout(aiohttp_client: Client) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await reader.read(65536)  # until the gateway gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        config = gateway_config(upstream_url=f"http://127.0.0.1:{port}", upstream={"read_timeout_seconds": 0.5})
+        gateway = Gateway(config)
+        await aiohttp_client(GatewayTestServer(gateway))
+        with pytest.raises(UpstreamTimeout):
+            await gateway.handlers.registry.call("GET", "/version", headers=CIMultiDict(), body=b"")
+        assert gateway.handlers.forwarder.pool.counted == 0  # the silent connection was dropped
+    finally:
+        server.close()
+        await server.wait_closed()
