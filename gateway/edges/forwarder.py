@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Final, Literal
 
@@ -27,12 +26,12 @@ from ..core.errors import UpstreamTimeout, UpstreamUnavailable
 from ..core.http1 import HOP_BY_HOP, OWS, ProtocolError, ResponseHead
 from ..core.request_context import REQUEST_ID
 from .http_client import UpstreamBodyError, UpstreamClosed, UpstreamConnection, UpstreamPool
+from .registry_answer import RegistryAnswer
 
 __all__ = [
     "ForwardingPolicy",
     "Forwarder",
     "RedirectStatus",
-    "UpstreamReply",
     "close_if_body_unread",
     "expects_continue",
     "send_continue",
@@ -83,16 +82,6 @@ class ForwardingPolicy:
         except ValueError:
             return False
         return any(address in network for network in self.networks)
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamReply:
-    """An answer read whole (for the few the gateway edits)."""
-
-    status: int
-    reason: str
-    headers: CIMultiDict[str]
-    body: bytes
 
 
 _NO_TOKENS: Final = frozenset[bytes]()
@@ -327,17 +316,17 @@ class Forwarder:
             body += piece
         return bytes(body), False
 
-    async def fetch(self, request: web.BaseRequest, raw_path: str, *, rewrite_location: bool = True) -> UpstreamReply:
+    async def fetch(self, request: web.BaseRequest, raw_path: str, *, rewrite_location: bool = True) -> RegistryAnswer:
         """GET ``raw_path`` upstream with the client's headers and read the answer whole (at most 1 MiB)."""
         head_bytes = self.request_head(request, method="GET", raw_path=raw_path, chunked=False, with_body=False)
         head, body = await self._exchange_whole("GET", head_bytes, b"", first_byte_timeout_s=self.first_byte_timeout_s)
         headers = self.response_headers(head, rewrite_location=self.rewrite_location if rewrite_location else None)
-        return UpstreamReply(head.status, head.reason, headers, body)
+        return RegistryAnswer(head.status, head.reason, headers, body)
 
     async def call(
         self, method: str, raw_path: str, headers: Iterable[tuple[str, str]], body: bytes, *, timeout_s: float
-    ) -> UpstreamReply:
-        """A request of the gateway's own (registry.py) on the same pool, its answer read whole (at most 1 MiB):
+    ) -> RegistryAnswer:
+        """A request of the gateway's own (registry_client.py) on the same pool, its answer read whole (at most 1 MiB):
         Host as configured, then ``headers`` as given, the request's X-Request-Id, and the body's Content-Length.
         ``timeout_s`` bounds the wait for the answer's head and each silence in its body."""
         out = [
@@ -353,7 +342,7 @@ class Forwarder:
         head, answer = await self._exchange_whole(
             method, b"".join(out), body, first_byte_timeout_s=timeout_s, idle_timeout_s=timeout_s
         )
-        return UpstreamReply(head.status, head.reason, self.response_headers(head, rewrite_location=None), answer)
+        return RegistryAnswer(head.status, head.reason, self.response_headers(head, rewrite_location=None), answer)
 
     async def _exchange_whole(
         self,

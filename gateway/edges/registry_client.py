@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -15,18 +14,12 @@ from yarl import URL
 from ..core.config import Config
 from ..core.errors import RelayFailed, UpstreamRefused, UpstreamUnavailable
 from .forwarder import Forwarder
+from .registry_answer import RegistryAnswer
 
-__all__ = ["Registry", "UpstreamAnswer", "error_message", "json_or_none"]
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamAnswer:
-    status: int
-    body: bytes
-    json: Any  # the decoded body, or None when it is not JSON
+__all__ = ["Registry", "error_message"]
 
 
-def error_message(answer: UpstreamAnswer) -> str:
+def error_message(answer: RegistryAnswer) -> str:
     """The registry's own error text when it sent the library error shape, else a plain one."""
     if isinstance(answer.json, dict):
         error = answer.json.get("error")
@@ -68,11 +61,10 @@ class Registry:
         if self._relay_session is not None:
             await self._relay_session.close()
 
-    async def call(self, method: str, path: str, *, headers: CIMultiDict[str], body: bytes) -> UpstreamAnswer:
+    async def call(self, method: str, path: str, *, headers: CIMultiDict[str], body: bytes) -> RegistryAnswer:
         """One small JSON call; raises UpstreamUnavailable/UpstreamTimeout when the registry can't be reached or
         answers out of time or broken."""
-        reply = await self.forwarder.call(method, path, headers.items(), body, timeout_s=self.read_timeout_s)
-        return UpstreamAnswer(reply.status, reply.body, json_or_none(reply.body))
+        return await self.forwarder.call(method, path, headers.items(), body, timeout_s=self.read_timeout_s)
 
     async def start_upload(self, image_id: str, *, headers: CIMultiDict[str], filesize: int) -> str:
         """Ask the registry for a legacy upload URL: its consent that this caller may push this image."""
@@ -105,7 +97,7 @@ class Registry:
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=self.read_timeout_s),
                 allow_redirects=False,
             ) as response:
-                answer = UpstreamAnswer(response.status, await response.read(), None)
+                status, answer = response.status, await response.read()
         except TimeoutError as exc:
             raise RelayFailed(f"relaying the image to {host} timed out", retryable=True, status=504) from exc
         except aiohttp.ClientConnectorDNSError as exc:
@@ -121,10 +113,10 @@ class Registry:
             raise RelayFailed(f"relaying the image to {host} failed: {why}", retryable=not refused) from exc
         except aiohttp.ClientError as exc:  # cut mid-transfer: the host is there, it may take the image next time
             raise RelayFailed(f"relaying the image to {host} failed: {exc.__class__.__name__}", retryable=True) from exc
-        if answer.status not in (200, 201, 204):
+        if status not in (200, 201, 204):
             raise RelayFailed(
-                f"{host} refused the relayed image ({answer.status}{_s3_code(answer.body)})",
-                retryable=answer.status >= 500,
+                f"{host} refused the relayed image ({status}{_s3_code(answer)})",
+                retryable=status >= 500,
             )
 
     def _relay(self) -> aiohttp.ClientSession:
@@ -146,16 +138,9 @@ def _s3_code(body: bytes) -> str:
     return ": " + body[start + 6 : end].decode("utf-8", "replace")[:64]
 
 
-def raise_for_refusal(answer: UpstreamAnswer) -> None:
+def raise_for_refusal(answer: RegistryAnswer) -> None:
     if 200 <= answer.status < 300:
         return
     if 400 <= answer.status < 500:
         raise UpstreamRefused(error_message(answer), status=answer.status)
     raise UpstreamUnavailable(f"registry failed ({answer.status})")
-
-
-def json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
-        return None

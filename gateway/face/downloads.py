@@ -26,7 +26,8 @@ from aiohttp import web
 from ..core.config import DownloadsConfig
 from ..core.errors import GatewayError, StorageUnavailable, UpstreamUnavailable
 from ..core.route_table import IMAGE_PREFIX, IMAGEFILE_PREFIX
-from ..edges.forwarder import Forwarder, UpstreamReply
+from ..edges.forwarder import Forwarder
+from ..edges.registry_answer import RegistryAnswer
 from ..edges.s3 import S3Client, S3Error
 from .locations import LocationPolicy
 
@@ -114,17 +115,13 @@ def _pushes_ask_for_it(image_path: str) -> bool:
     return reference.rpartition(":")[2].startswith("sha256.")
 
 
-def _json_object(reply: UpstreamReply) -> dict[str, Any] | None:
+def _json_object(reply: RegistryAnswer) -> dict[str, Any] | None:
     if "Content-Encoding" in reply.headers:
         return None
-    try:
-        document = json.loads(reply.body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return document if isinstance(document, dict) else None
+    return reply.json if isinstance(reply.json, dict) else None
 
 
-def _passthrough(reply: UpstreamReply, body: bytes) -> web.Response:
+def _passthrough(reply: RegistryAnswer, body: bytes) -> web.Response:
     headers = reply.headers.copy()
     headers.popall("Content-Length", None)
     return web.Response(status=reply.status, reason=reply.reason or None, headers=headers, body=body)

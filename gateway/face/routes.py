@@ -31,7 +31,7 @@ from ..core.errors import (
 from ..core.route_table import Route
 from ..core.tokens import credential_of
 from ..edges.forwarder import Forwarder, ForwardingPolicy, expects_continue, send_continue
-from ..edges.registry_client import Registry, json_or_none
+from ..edges.registry_client import Registry
 from ..edges.s3 import S3Client
 from ..ops.logs import ROUTE_LOG, UPLOAD_FIELDS
 from ..ops.metrics import Metrics
@@ -222,7 +222,7 @@ class Handlers:
 
     async def discovery(self, request: web.BaseRequest) -> web.Response:
         answer = await self.forwarder.fetch(request, request.raw_path)
-        document = json_or_none(answer.body)  # parsed whatever its Content-Type (sregistry: text/html, G5)
+        document = answer.json
         if answer.status != 200 or not isinstance(document, dict):
             return _passthrough(answer.status, answer.body, document)
         library = document.get("libraryAPI")
