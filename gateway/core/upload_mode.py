@@ -1,6 +1,6 @@
 """Which way an upload goes and why, decided from where the registry's upload URL points.
 
-Pure: shared by the upload service, which logs and counts each choice, and by ``doctor``, which predicts it
+Pure: shared by the upload steps, which logs and counts each choice, and by ``doctor``, which predicts it
 from the origin the registry signs for (sregistry signs uploads and pull redirects for ``MINIO_EXTERNAL_SERVER``).
 """
 

@@ -35,8 +35,8 @@ from .legacy_upload import LegacyUpload
 from .locations import LocationPolicy
 from .mode_log import ModeLog
 from .readiness import Readiness
-from .routes import Handlers
-from .uploads import UploadService
+from .routes import Router
+from .uploads import UploadSteps
 
 __all__ = ["Gateway", "GatewayRunner", "error_response"]
 
@@ -60,15 +60,15 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self._now = clock or (lambda: datetime.now(UTC))
-        self._handlers: Handlers | None = None
+        self._router: Router | None = None
         self._closing: list[Callable[[], Awaitable[None]]] = []
         self._sweeping: asyncio.Task[None] | None = None
 
     @property
-    def handlers(self) -> Handlers:
-        if self._handlers is None:
+    def router(self) -> Router:
+        if self._router is None:
             raise RuntimeError("the gateway is not started")
-        return self._handlers
+        return self._router
 
     async def start(self) -> None:
         config = self.config
@@ -81,7 +81,7 @@ class Gateway:
         self._closing.append(forwarder.close)
         registry = Registry.from_config(config, forwarder)  # its JSON calls share the forwarder's pool
         self._closing.append(registry.close)
-        service = UploadService(
+        uploads = UploadSteps(
             config=config,
             s3=s3,
             registry=registry,
@@ -100,9 +100,9 @@ class Gateway:
             metrics=self.metrics,
             modes=modes,
         )
-        self._handlers = Handlers(
+        self._router = Router(
             config=config,
-            service=service,
+            uploads=uploads,
             legacy=legacy,
             locations=locations,
             readiness=Readiness(registry=registry, s3=s3, bucket=config.s3.bucket),
@@ -139,7 +139,7 @@ class Gateway:
         route = classify(request.method, request.raw_path)
         try:
             try:
-                response = await self.handlers.dispatch(request, route)
+                response = await self.router.dispatch(request, route)
             except Exception as exc:
                 response = self.error_answer(request, exc)
             status = str(response.status)

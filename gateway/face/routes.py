@@ -39,9 +39,9 @@ from .downloads import Downloads
 from .legacy_upload import LegacyUpload
 from .locations import LocationPolicy
 from .readiness import Readiness
-from .uploads import UploadService
+from .uploads import UploadSteps
 
-__all__ = ["MAX_JSON_BODY", "Handlers", "data_response"]
+__all__ = ["MAX_JSON_BODY", "Router", "data_response"]
 
 
 MAX_JSON_BODY: Final = 1024 * 1024  # intercepted routes carry small JSON bodies
@@ -98,9 +98,11 @@ def registry_headers(request: web.BaseRequest, policy: ForwardingPolicy) -> CIMu
 
 
 @dataclass(eq=False, kw_only=True)
-class Handlers:
+class Router:
+    """Dispatch from the route's name (core/route_table) to the thin handlers below."""
+
     config: Config
-    service: UploadService  # the multipart upload steps
+    uploads: UploadSteps  # the multipart upload steps
     legacy: LegacyUpload
     locations: LocationPolicy
     readiness: Readiness
@@ -179,25 +181,25 @@ class Handlers:
         if not self.config.uploads.multipart:
             # The client's clean fallback to the legacy single upload (docs/protocol.md §4).
             raise NotFound("multipart uploads are disabled on this gateway")
-        answer = await self.service.start(
+        answer = await self.uploads.start(
             image_id, body, headers=registry_headers(request, self.forwarder.policy), credential=_credential(request)
         )
         return data_response(answer)
 
     async def presign_part(self, request: web.BaseRequest, image_id: str) -> web.Response:
         body = await read_small_body(request)
-        return data_response(self.service.presign_part(image_id, body, credential=_credential(request)))
+        return data_response(self.uploads.presign_part(image_id, body, credential=_credential(request)))
 
     async def complete(self, request: web.BaseRequest, image_id: str) -> web.Response:
         body = await read_small_body(request)
-        answer = await self.service.complete(
+        answer = await self.uploads.complete(
             image_id, body, headers=registry_headers(request, self.forwarder.policy), credential=_credential(request)
         )
         return web.json_response(answer)
 
     async def abort(self, request: web.BaseRequest, image_id: str) -> web.Response:
         body = await read_small_body(request)
-        return web.json_response(await self.service.abort(image_id, body, credential=_credential(request)))
+        return web.json_response(await self.uploads.abort(image_id, body, credential=_credential(request)))
 
     async def method_not_allowed(self, request: web.BaseRequest, image_id: str) -> web.Response:
         raise MethodNotAllowed(f"{request.method} is not allowed here")
@@ -260,7 +262,7 @@ class Handlers:
             )
         segments = path.split("/")  # ["", "_gateway", "uploads", token, "parts"]
         if len(segments) == 5 and segments[2] == "uploads" and segments[4] == "parts" and request.method == "GET":
-            parts = await self.service.uploaded_parts(unquote(segments[3]), credential=_credential(request))
+            parts = await self.uploads.uploaded_parts(unquote(segments[3]), credential=_credential(request))
             return data_response({"parts": parts})
         raise NotFound(f"no such gateway route: {path}")
 

@@ -37,13 +37,13 @@ from .locations import LocationPolicy
 from .mode_log import ModeLog
 from .storage_errors import ABORTING, COMPLETING, LISTING_PARTS, RECORDING, RELAYING, STARTING
 
-__all__ = ["UploadService"]
+__all__ = ["UploadSteps"]
 
 log = logging.getLogger("gateway.uploads")
 
 
 @dataclass(eq=False, kw_only=True)
-class UploadService:
+class UploadSteps:
     config: Config
     s3: S3Client
     registry: Registry

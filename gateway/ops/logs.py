@@ -37,7 +37,7 @@ __all__ = [
     "setup_logging",
 ]
 
-# Fields the upload service learns while serving an intercepted route (mode, part n of N), for its log line.
+# Fields the upload steps learn while serving an intercepted route (mode, part n of N), for its log line.
 UPLOAD_FIELDS: ContextVar[dict[str, object] | None] = ContextVar("upload_fields", default=None)
 _ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 

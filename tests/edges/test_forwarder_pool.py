@@ -146,7 +146,7 @@ async def test_the_registrys_own_calls_ride_the_forwarders_pooled_connection(aio
         assert (await client.get("/version")).status == 200
         REQUEST_ID.set("call-1")
         headers = CIMultiDict({"Authorization": "Bearer t", "X-Forwarded-For": "10.0.0.7"})
-        answer = await gateway.handlers.registry.call("POST", "/v2/imagefile/5", headers=headers, body=b"{}")
+        answer = await gateway.router.registry.call("POST", "/v2/imagefile/5", headers=headers, body=b"{}")
         assert (answer.status, answer.json) == (200, {"data": "here"})
         assert (await client.get("/version")).status == 200
         # One connection for all three: the registry's calls share the forwarder's pool (upstream.pool_size).
@@ -171,8 +171,8 @@ async def test_a_registry_call_left_unanswered_times_out_as_the_registrys_timeou
         gateway = Gateway(config)
         await aiohttp_client(GatewayTestServer(gateway))
         with pytest.raises(UpstreamTimeout):
-            await gateway.handlers.registry.call("GET", "/version", headers=CIMultiDict(), body=b"")
-        assert gateway.handlers.forwarder.pool.counted == 0  # the silent connection was dropped
+            await gateway.router.registry.call("GET", "/version", headers=CIMultiDict(), body=b"")
+        assert gateway.router.forwarder.pool.counted == 0  # the silent connection was dropped
     finally:
         server.close()
         await server.wait_closed()

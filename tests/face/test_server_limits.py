@@ -239,7 +239,7 @@ async def test_never_reading_clients_of_a_large_download_do_not_starve_small_cal
                     assert (await reply.json())["libraryAPI"]["uri"] == gateway.config.server.public_url
         # Every download got its answer and is still stalled, each on an upstream connection outside the pool's count.
         assert all(head.startswith(b"HTTP/1.1 200") for head, _, _ in stalled)
-        assert gateway.handlers.forwarder.pool.streaming == STALLED
+        assert gateway.router.forwarder.pool.streaming == STALLED
     finally:
         for _, _, writer in stalled:
             writer.close()
@@ -253,7 +253,7 @@ async def test_clients_that_stop_reading_are_dropped_after_the_write_timeout_and
     server = await aiohttp_server(gateway)
     stalled = await stall(server.port, download)
     assert all(head.startswith(b"HTTP/1.1 200") for head, _, _ in stalled)
-    pool = gateway.handlers.forwarder.pool
+    pool = gateway.router.forwarder.pool
     try:
         async with asyncio.timeout(BOUND_S):
             # Dropped: no client connection left on the gateway, no upstream connection held for them...

@@ -529,11 +529,11 @@ async def test_a_relay_of_an_assembled_image_of_the_wrong_size_is_400_at_once(
     assert status == 200
     etags.append(etag)
     data = FILE[: 64 * MIB] + last
-    service = stack.gateway.handlers.service
-    grant = service.open_grant(start["uploadID"], image_id, TOKEN)
+    uploads = stack.gateway.router.uploads
+    grant = uploads.open_grant(start["uploadID"], image_id, TOKEN)
     parts = tuple(enumerate(etags, 1))
     with pytest.raises(InvalidRequest, match=f"the assembled image is {len(data)} bytes, the registry expects"):
-        await service._complete_relayed(grant, parts, headers=CIMultiDict(Authorization=f"BEARER {TOKEN}"))
+        await uploads._complete_relayed(grant, parts, headers=CIMultiDict(Authorization=f"BEARER {TOKEN}"))
     assert not [r for r in stack.requests_seen_by_registry if r.method == "PUT" and r.body_length]
 
 
@@ -620,7 +620,7 @@ def leftovers_of(stack: Any, image_id: str, upload_token: str) -> set[str]:
     """The staged object and the journal entry of one upload that are still in the staging bucket."""
     from gateway.ops.journal import journal_key
 
-    grant = stack.gateway.handlers.service.open_grant(upload_token, image_id, TOKEN)
+    grant = stack.gateway.router.uploads.open_grant(upload_token, image_id, TOKEN)
     assert grant.mode == "relay"
     journal = journal_key("_gateway/", upload_id=grant.upload_id, expires_at=grant.expires_at)
     return {grant.key, journal} & staged_keys(stack.s3)
