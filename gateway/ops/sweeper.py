@@ -43,24 +43,20 @@ async def sweep(
         if expiry is not None and expiry > due:
             continue  # still live
         try:
-            async with s3.get_object(bucket, summary.key) as stream:
-                entry = JournalEntry.decode(await stream.read())
-        except S3ClientError as exc:
-            if exc.status != 404:  # 404: another sweeper (or the upload's complete) removed it meanwhile
-                report.errors.append(f"{summary.key}: unreadable journal entry: {exc}")
-            continue
-        except (S3Error, ValueError, KeyError, TypeError) as exc:
+            entry = await _journal_entry(s3, bucket, summary.key)
+        except _UNREADABLE as exc:
             report.errors.append(f"{summary.key}: unreadable journal entry: {exc}")
+            continue
+        if entry is None:
             continue
         if dry_run:
             report.aborted_uploads += 1
             continue
         try:
-            await s3.abort_multipart_upload(entry.bucket, entry.key, entry.upload_id)
+            await s3.abort_multipart_upload(entry.bucket, entry.key, entry.upload_id)  # one gone already is done
         except S3ClientError as exc:
-            if exc.status != 404:
-                report.errors.append(f"{summary.key}: abort refused: {exc}")
-                continue
+            report.errors.append(f"{summary.key}: abort refused: {exc}")
+            continue
         except S3Error as exc:
             report.errors.append(f"{summary.key}: abort failed: {exc}")
             continue
@@ -96,19 +92,32 @@ async def _sweep_orphaned_staging(
     live = set()
     for summary in await s3.list_objects(bucket, journal_prefix(staging_prefix)):
         try:
-            async with s3.get_object(bucket, summary.key) as stream:
-                live.add(JournalEntry.decode(await stream.read()).key)
-        except S3ClientError as exc:
-            if exc.status != 404:
-                return  # cannot tell live from orphaned: leave everything for the next sweep
-        except (S3Error, ValueError, KeyError, TypeError):
-            return
+            entry = await _journal_entry(s3, bucket, summary.key)
+        except _UNREADABLE:
+            return  # cannot tell live from orphaned: leave everything for the next sweep
+        if entry is not None:
+            live.add(entry.key)
     for summary in staged:
         modified = summary.last_modified.timestamp() if summary.last_modified else now
         if summary.key not in live and modified <= now - grace_s:
             if not dry_run:
                 await _delete(s3, bucket, summary.key, report)
             report.removed_staged_objects += 1
+
+
+# A journal entry that cannot be read: S3 failed or refused, or its content is not an entry.
+_UNREADABLE = (S3Error, ValueError, KeyError, TypeError)
+
+
+async def _journal_entry(s3: S3Client, bucket: str, key: str) -> JournalEntry | None:
+    """The journal entry at ``key``; None when another sweeper (or the upload's complete) removed it meanwhile."""
+    try:
+        async with s3.get_object(bucket, key) as stream:
+            return JournalEntry.decode(await stream.read())
+    except S3ClientError as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
 async def _delete(s3: S3Client, bucket: str, key: str, report: SweepReport) -> None:
