@@ -410,10 +410,7 @@ class Signer:
         )
         path = s3_path(bucket, key)
         canonical_request = f"{method}\n{path}\n{query_string}\n{header_block}\n{signed_headers}\n{payload_hash}"
-        string_to_sign = (
-            f"{ALGORITHM}\n{amz_date}\n{day.scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
-        )
-        signature = day.mac.hexdigest(string_to_sign.encode())
+        string_to_sign, signature = self._sign(amz_date, canonical_request)
         url = f"{endpoint.origin}{path}?{query_string}&X-Amz-Signature={signature}"
         return url, canonical_request, string_to_sign, signature
 

@@ -8,13 +8,10 @@ for the TLS host still matches, and no buffering). Its access log shows which S3
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import json
 import os
-import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -29,6 +26,7 @@ import pytest
 
 from gateway.edges.s3 import S3Client, S3ConnectionError, S3Settings
 from tests.support.library_api import LibraryClient
+from tests.support.nginx_harness import stop_nginx, user_directive
 from tests.support.processes import free_port
 from tests.support.s3_fixtures import BUCKET
 from tests.support.s3servers import S3Server
@@ -36,7 +34,6 @@ from tests.support.stack import MIB, Stack, start_stack, unique_ref
 
 COMMAND_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 10.0
 VERIFY_FAILED = "CERTIFICATE_VERIFY_FAILED"
 
 
@@ -127,27 +124,13 @@ class TLSTerminator:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # workers of a master that did not stop them
-        except ProcessLookupError:
-            pass
-        if self.process.poll() is None:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
+        stop_nginx(self.process)
 
 
 def nginx_config(prefix: Path, *, port: int, upstream_port: int, server: ServerCertificate) -> str:
-    # As root, nginx would switch its worker to "nobody", who cannot write the temp directories.
-    user = f"user {pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name};" if os.geteuid() == 0 else ""
     kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     temp_paths = "\n".join(f"    {kind}_temp_path {prefix}/{kind};" for kind in kinds)
-    return f"""{user}
-daemon off;
+    return f"""{user_directive()}daemon off;
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
@@ -330,14 +313,6 @@ async def push(stack: Stack, session: aiohttp.ClientSession, data: bytes) -> tup
     return done.status, done.body, key
 
 
-def read_object(s3: S3Server, key: str) -> bytes:
-    client = s3.botocore_client()
-    try:
-        return bytes(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-    finally:
-        client.close()
-
-
 async def test_a_push_through_the_gateway_talks_to_s3_over_tls_with_the_ca_bundle(
     aiohttp_server: Any, seaweedfs: S3Server, tls_s3: TLSTerminator, session: aiohttp.ClientSession
 ) -> None:
@@ -345,7 +320,7 @@ async def test_a_push_through_the_gateway_talks_to_s3_over_tls_with_the_ca_bundl
     data = os.urandom(40 * MIB + 17)  # two parts of the stack's 32 MiB
     status, body, key = await push(stack, session, data)
     assert status == 200, body
-    assert read_object(seaweedfs, key) == data
+    assert seaweedfs.read_object(key, BUCKET) == data
     quoted_key = key.replace(":", "%3A")
     log = tls_s3.access_log
     assert f"POST /{BUCKET}/{quoted_key}?uploads" in log  # CreateMultipartUpload over TLS
@@ -375,4 +350,4 @@ async def test_with_verify_tls_false_the_gateway_pushes_through_any_certificate(
     data = os.urandom(MIB + 3)
     status, body, key = await push(stack, session, data)
     assert status == 200, body
-    assert read_object(seaweedfs, key) == data
+    assert seaweedfs.read_object(key, BUCKET) == data

@@ -405,14 +405,6 @@ def part_body(upload: Upload, number: int = 1, **changes: Any) -> bytes:
     return json_bytes(body | changes)
 
 
-def read_object(s3: S3Server, key: str) -> bytes:
-    client = s3.botocore_client()
-    try:
-        return bytes(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-    finally:
-        client.close()
-
-
 def assert_still_serves_a_push(target: Target) -> None:
     data = os.urandom(MIB + 7)
     sha = hashlib.sha256(data).hexdigest()
@@ -429,7 +421,7 @@ def assert_still_serves_a_push(target: Target) -> None:
             assert done.status == 200, done.body
             return f"{collection}/{container}:sha256.{sha}"
 
-    assert read_object(target.stack.s3, target.loop.run(push())) == data
+    assert target.stack.s3.read_object(target.loop.run(push()), BUCKET) == data
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -907,7 +899,7 @@ def test_rotated_secrets_keep_open_uploads_working_and_retired_secrets_stop_them
             return f"{collection}/{container}:sha256.{sha}", fresh
 
     key, fresh = target.loop.run(push_across_a_rotation())
-    assert read_object(target.stack.s3, key) == data
+    assert target.stack.s3.read_object(key, BUCKET) == data
     TRIED["tokens: secret rotation"] += 4
     assert presign_with(target, target.main.token, port=rotated).status == 200
     assert_client_error(presign_with(target, target.main.token, port=retired), 400)

@@ -88,19 +88,32 @@ class NginxProcess:
         return self.error_log.read_text(encoding="utf-8", errors="replace") if self.error_log.exists() else ""
 
     def stop(self) -> None:
-        """SIGTERM to the master (it stops its workers), SIGKILL to the whole process group if it lingers."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                pass
+        stop_nginx(self.process)
+
+
+def stop_nginx(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the master (it stops its workers), then SIGKILL to its whole process group (started with
+    ``start_new_session``): workers left by a master that died or lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # workers left by a master that died
-        except ProcessLookupError:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
             pass
-        if self.process.poll() is None:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if process.poll() is None:
+        process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def user_directive() -> str:
+    """nginx's ``user`` line for this user when running as root (else nginx would switch its workers to "nobody",
+    who cannot write the temp directories); empty otherwise."""
+    if os.geteuid() != 0:
+        return ""
+    return f"user {pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name};\n"
 
 
 def make_self_signed_certificate(directory: Path, *, names: Sequence[str] = ("localhost",)) -> TLSFiles:
@@ -189,13 +202,9 @@ def render_templates(output_dir: Path, variables: Mapping[str, str]) -> None:
 
 
 def _main_config(prefix: Path) -> str:
-    # As root, nginx would switch its workers to "nobody", who cannot write the temp directories.
-    user = ""
-    if os.geteuid() == 0:
-        user = f"user {pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name};\n"
     temp_paths = "".join(f"    {kind}_temp_path {prefix}/temp/{kind};\n" for kind in TEMP_PATHS)
     return (
-        f"{user}"
+        f"{user_directive()}"
         "daemon off;\n"
         "worker_processes 1;\n"
         f"pid {prefix}/nginx.pid;\n"

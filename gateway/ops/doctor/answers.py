@@ -40,22 +40,16 @@ class Answer:
 
 
 def api_version(body: bytes) -> str | None:
-    try:
-        document: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    data = document.get("data") if isinstance(document, dict) else None
+    document = _json_object(body)
+    data = document.get("data") if document is not None else None
     version = data.get("apiVersion") if isinstance(data, dict) else None
     return version if isinstance(version, str) and version else None
 
 
 def first_public_image(body: bytes) -> str | None:
     """``collection/name:version`` of the first entry of sregistry's paginated public container list."""
-    try:
-        document: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    results = document.get("results") if isinstance(document, dict) else None
+    document = _json_object(body)
+    results = document.get("results") if document is not None else None
     first = results[0] if isinstance(results, list) and results else None
     if not isinstance(first, dict):
         return None
@@ -67,11 +61,17 @@ def first_public_image(body: bytes) -> str | None:
 
 
 def is_healthy(body: bytes) -> bool:
+    document = _json_object(body)
+    return document is not None and document.get("status") == "ok"
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object; None when it is not one."""
     try:
-        document: Any = json.loads(body)
+        document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(document, dict) and document.get("status") == "ok"
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def host_seen_by_server(canonical_request: str) -> str:
