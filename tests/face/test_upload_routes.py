@@ -21,7 +21,7 @@ from tests.support.processes import free_port
 from tests.support.registry import reconfigure
 from tests.support.s3_fixtures import BUCKET
 from tests.support.s3servers import S3Server
-from tests.support.stack import MIB, OTHER_TOKEN, TOKEN, USER, start_stack, unique_ref
+from tests.support.stack import MIB, OTHER_TOKEN, TOKEN, USER, Stack, start_stack, unique_ref
 
 FILE = os.urandom(70 * MIB + 12345)  # three parts of 32 MiB, the last one short
 FILE_SHA = hashlib.sha256(FILE).hexdigest()
@@ -30,6 +30,17 @@ FILE_SHA = hashlib.sha256(FILE).hexdigest()
 async def new_image(client: LibraryClient, sha: str = FILE_SHA) -> tuple[str, str]:
     entity, collection, container = unique_ref()
     return await client.create_image(entity, collection, container, sha), f"{collection}/{container}:sha256.{sha}"
+
+
+async def image_on_new_stack(
+    session: aiohttp.ClientSession, aiohttp_server: Any, s3: S3Server, **options: Any
+) -> tuple[Stack, LibraryClient, str, str]:
+    """A gateway stack (``options`` as start_stack's), a library client on it, and a new image: its id and the key
+    its file gets in the bucket."""
+    stack = await start_stack(aiohttp_server, s3, **options)
+    client = LibraryClient(session, stack.gateway_url)
+    image_id, key = await new_image(client)
+    return stack, client, image_id, key
 
 
 async def push(client: LibraryClient, image_id: str, data: bytes = FILE) -> tuple[Any, Any]:
@@ -43,9 +54,7 @@ async def push(client: LibraryClient, image_id: str, data: bytes = FILE) -> tupl
 async def test_multipart_push_lands_on_the_registrys_own_key_with_no_copy(
     aiohttp_server: Any, s3_server: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, s3_server)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, key = await new_image(client)
+    stack, client, image_id, key = await image_on_new_stack(session, aiohttp_server, s3_server)
     start, done = await push(client, image_id)
     assert (start["totalParts"], start["partSize"], start["options"]) == (3, 32 * MIB, {"s3compliant": "true"})
     assert done.status == 200 and done.json == {}
@@ -59,9 +68,7 @@ async def test_multipart_push_lands_on_the_registrys_own_key_with_no_copy(
 async def test_relay_mode_streams_the_assembled_image_to_a_self_hosting_registry(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs, flavour="selfhosted")
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, seaweedfs, flavour="selfhosted")
     _, done = await push(client, image_id)
     assert done.status == 200, done.body
     stored = [r for r in stack.requests_seen_by_registry if r.method == "PUT" and r.body_length == len(FILE)]
@@ -80,9 +87,7 @@ async def test_relay_mode_streams_the_assembled_image_to_a_self_hosting_registry
 async def test_a_retried_complete_after_success_answers_success(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, key = await new_image(client)
+    stack, client, image_id, key = await image_on_new_stack(session, aiohttp_server, seaweedfs)
     start = (await client.start(image_id, len(FILE))).data
     etags = await client.upload_parts(image_id, start, FILE)
     first = await client.complete(image_id, start["uploadID"], etags)
@@ -94,9 +99,7 @@ async def test_a_retried_complete_after_success_answers_success(
 async def test_part_urls_are_signed_for_the_external_host_with_the_sha256_bound(
     aiohttp_server: Any, radosgw: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, radosgw)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, radosgw)
     start = (await client.start(image_id, len(FILE))).data
     part = FILE[: 32 * MIB]
     url = (await client.presign(image_id, start["uploadID"], 1, part)).data["presignedURL"]
@@ -113,9 +116,8 @@ async def test_part_urls_are_signed_for_the_external_host_with_the_sha256_bound(
 async def test_multipart_off_answers_404_on_start_only(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs, uploads={"multipart": False})
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    options = {"uploads": {"multipart": False}}
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, seaweedfs, **options)
     start = await client.start(image_id, len(FILE))
     assert start.status == 404 and start.json["error"]["code"] == 404
 
@@ -138,9 +140,7 @@ async def test_the_registrys_refusal_is_passed_on_with_its_status(
 async def test_tokens_are_bound_to_image_and_caller(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, seaweedfs)
     other_image, _ = await new_image(client)
     upload_id = (await client.start(image_id, len(FILE))).data["uploadID"]
     part = FILE[: 32 * MIB]
@@ -161,9 +161,7 @@ async def test_tokens_are_bound_to_image_and_caller(
 async def test_part_numbers_and_sizes_must_match_the_plan(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession, number: int, size: int, status: int
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, seaweedfs)
     upload_id = (await client.start(image_id, len(FILE))).data["uploadID"]
     body = {"partSize": size, "uploadID": upload_id, "partNumber": number, "sha256sum": "a" * 64}
     answer = await client.call("PUT", f"/v2/imagefile/{image_id}/_multipart", body)
@@ -175,9 +173,7 @@ async def test_part_numbers_and_sizes_must_match_the_plan(
 async def test_wrong_etags_and_missing_parts_at_complete_are_4xx_and_a_fix_still_completes(
     aiohttp_server: Any, s3_server: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, s3_server)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, key = await new_image(client)
+    stack, client, image_id, key = await image_on_new_stack(session, aiohttp_server, s3_server)
     start = (await client.start(image_id, len(FILE))).data
     etags = await client.upload_parts(image_id, start, FILE)
     wrong = await client.complete(
@@ -195,9 +191,7 @@ async def test_abort_removes_the_upload_in_s3_and_a_second_abort_is_fine(
     aiohttp_server: Any, s3_server: S3Server, session: aiohttp.ClientSession
 ) -> None:
     # On both servers: radosgw answers a complete after an abort with a retryable 500, SeaweedFS with 404.
-    stack = await start_stack(aiohttp_server, s3_server)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, s3_server)
     start = (await client.start(image_id, len(FILE))).data
     part = FILE[: 32 * MIB]
     url = (await client.presign(image_id, start["uploadID"], 1, part)).data["presignedURL"]
@@ -271,9 +265,7 @@ async def test_legacy_upload_url_is_resigned_with_the_whole_file_sha256_bound(
 async def test_legacy_upload_above_5_gib_is_413_telling_to_enable_multipart(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, seaweedfs)
     answer = await client.call("POST", f"/v2/imagefile/{image_id}", {"filesize": 5 * 1024**3 + 1})
     assert answer.status == 413 and "multipart" in answer.json["error"]["message"]
 
@@ -292,9 +284,7 @@ async def test_discovery_points_clients_at_the_gateway(
 async def test_downloads_redirect_to_a_url_signed_for_the_external_host(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, seaweedfs)
     await push(client, image_id)
     image = stack.registry_state.images[int(image_id)]
     tag = await client.call("POST", f"/v1/tags/{image.collection.id}", {"Tag": "v1", "ImageID": image_id})
@@ -357,9 +347,7 @@ def is_upload_view(path: str) -> bool:
 async def test_every_path_the_registry_routes_to_its_upload_views_is_refused_unless_written_plainly(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, seaweedfs)
     for path in registry_upload_views_near(image_id):
         for method in ("POST", "PUT"):
             answer = await client.call(method, path, {"filesize": 10, "uploadID": "x"})
@@ -372,9 +360,7 @@ async def test_every_path_the_registry_routes_to_its_upload_views_is_refused_unl
 async def test_the_legacy_completion_is_the_only_v2_imagefile_shape_forwarded(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, seaweedfs)
     assert (await client.call("PUT", f"/v2/imagefile/{image_id}/_complete", {})).status == 200
     for method, path in [
         ("GET", f"/v2/imagefile/{image_id}/_complete"),
@@ -443,9 +429,8 @@ async def test_another_registrys_object_ids_pass_with_the_documented_pattern(
 async def test_a_client_cannot_spoof_its_address_to_the_registrys_rate_limits(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs)  # no trusted proxies configured
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    # No trusted proxies configured.
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, seaweedfs)
     async with session.post(
         f"{stack.gateway_url}/v2/imagefile/{image_id}/_multipart",
         data=json.dumps({"filesize": len(FILE)}).encode(),
@@ -459,9 +444,7 @@ async def test_a_client_cannot_spoof_its_address_to_the_registrys_rate_limits(
 async def test_the_legacy_start_does_not_pass_a_spoofed_address_either(
     aiohttp_server: Any, seaweedfs: S3Server, session: aiohttp.ClientSession
 ) -> None:
-    stack = await start_stack(aiohttp_server, seaweedfs)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    stack, client, image_id, _ = await image_on_new_stack(session, aiohttp_server, seaweedfs)
     async with session.post(
         f"{stack.gateway_url}/v2/imagefile/{image_id}",
         data=json.dumps({"filesize": 10}).encode(),
@@ -477,9 +460,7 @@ async def test_parts_of_other_sizes_than_the_plan_are_refused_at_complete_and_a_
 ) -> None:
     # A part URL binds the body's sha256, not its length: a client can store a part of any size whose sha256 it
     # announced. The complete checks the stored sizes (ListParts) against the plan before assembling.
-    stack = await start_stack(aiohttp_server, radosgw)
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, key = await new_image(client)
+    stack, client, image_id, key = await image_on_new_stack(session, aiohttp_server, radosgw)
     start = (await client.start(image_id, len(FILE))).data
     upload_id = start["uploadID"]
     etags = await client.upload_parts(image_id, start, FILE)
@@ -512,9 +493,9 @@ async def test_a_relay_of_an_assembled_image_of_the_wrong_size_is_400_at_once(
     # then 504), a long one was cut (502). The complete's ListParts check keeps wrong part sizes out, so this calls
     # the relay step directly, as a part replaced between that check and S3's complete would reach it. A short
     # upstream read timeout makes a relay that waits fail otherwise than the 400 expected.
-    stack = await start_stack(aiohttp_server, radosgw, flavour="selfhosted", upstream={"read_timeout_seconds": 3})
-    client = LibraryClient(session, stack.gateway_url)
-    image_id, _ = await new_image(client)
+    stack, client, image_id, _ = await image_on_new_stack(
+        session, aiohttp_server, radosgw, flavour="selfhosted", upstream={"read_timeout_seconds": 3}
+    )
     start = (await client.start(image_id, len(FILE))).data
     last = os.urandom(last_part)  # where the plan says 6 MiB + 12345
     etags = (await client.upload_parts(image_id, start | {"totalParts": 2}, FILE))[:2]
