@@ -16,7 +16,7 @@ from ..core.errors import RelayFailed, UpstreamRefused, UpstreamUnavailable
 from .forwarder import Forwarder
 from .registry_answer import RegistryAnswer
 
-__all__ = ["Registry", "error_message"]
+__all__ = ["RegistryClient", "error_message"]
 
 
 def error_message(answer: RegistryAnswer) -> str:
@@ -28,7 +28,7 @@ def error_message(answer: RegistryAnswer) -> str:
     return f"registry refused the request ({answer.status})"
 
 
-class Registry:
+class RegistryClient:
     """The registry as the gateway itself calls it. Its JSON calls share the forwarder's connection pool (one pool
     to the registry, ``upstream.pool_size``). A relay goes to whatever upload URL the registry signs, usually its
     S3 on another host, so it has its own aiohttp session: opened at the first relay, holding at most one
@@ -49,7 +49,7 @@ class Registry:
         self._relay_session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_config(cls, config: Config, forwarder: Forwarder) -> Registry:
+    def from_config(cls, config: Config, forwarder: Forwarder) -> RegistryClient:
         return cls(
             forwarder,
             read_timeout_s=config.upstream.read_timeout_seconds,

@@ -25,7 +25,7 @@ from ..core.route_table import Route, classify, loggable_path
 from ..core.sigv4 import Credentials, Signer
 from ..core.tokens import TokenSealer
 from ..edges.forwarder import Forwarder, close_if_body_unread
-from ..edges.registry_client import Registry
+from ..edges.registry_client import RegistryClient
 from ..edges.s3 import S3Client, S3Settings
 from ..ops.logs import ACCESS_LOG, request_id_from
 from ..ops.metrics import Metrics
@@ -79,7 +79,7 @@ class Gateway:
         modes = ModeLog(self.metrics)
         forwarder = Forwarder.from_config(config, rewrite_location=locations.public_location)
         self._closing.append(forwarder.close)
-        registry = Registry.from_config(config, forwarder)  # its JSON calls share the forwarder's pool
+        registry = RegistryClient.from_config(config, forwarder)  # its JSON calls share the forwarder's pool
         self._closing.append(registry.close)
         uploads = UploadSteps(
             config=config,

@@ -7,14 +7,14 @@ import time
 from multidict import CIMultiDict
 
 from ..core.errors import GatewayError
-from ..edges.registry_client import Registry
+from ..edges.registry_client import RegistryClient
 from ..edges.s3 import S3Client, S3Error
 
 __all__ = ["Readiness"]
 
 
 class Readiness:
-    def __init__(self, *, registry: Registry, s3: S3Client, bucket: str) -> None:
+    def __init__(self, *, registry: RegistryClient, s3: S3Client, bucket: str) -> None:
         self.registry = registry
         self.s3 = s3
         self.bucket = bucket

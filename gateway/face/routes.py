@@ -31,7 +31,7 @@ from ..core.errors import (
 from ..core.route_table import Route
 from ..core.tokens import credential_of
 from ..edges.forwarder import Forwarder, ForwardingPolicy, expects_continue, send_continue
-from ..edges.registry_client import Registry
+from ..edges.registry_client import RegistryClient
 from ..edges.s3 import S3Client
 from ..ops.logs import ROUTE_LOG, UPLOAD_FIELDS
 from ..ops.metrics import Metrics
@@ -106,7 +106,7 @@ class Router:
     legacy: LegacyUpload
     locations: LocationPolicy
     readiness: Readiness
-    registry: Registry
+    registry: RegistryClient
     s3: S3Client
     metrics: Metrics
     forwarder: Forwarder

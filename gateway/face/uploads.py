@@ -28,7 +28,7 @@ from ..core.plan import plan_parts
 from ..core.sigv4 import Signer
 from ..core.tokens import Mode, TokenSealer, UploadGrant
 from ..core.upload_mode import Destination, S3Location, choose_mode
-from ..edges.registry_client import Registry
+from ..edges.registry_client import RegistryClient
 from ..edges.s3 import NoSuchUpload, S3Client, S3Error
 from ..ops.journal import JournalEntry, completion_marker_key, journal_key
 from ..ops.logs import note_upload
@@ -46,7 +46,7 @@ log = logging.getLogger("gateway.uploads")
 class UploadSteps:
     config: Config
     s3: S3Client
-    registry: Registry
+    registry: RegistryClient
     signer: Signer
     sealer: TokenSealer
     clock: Callable[[], datetime]
