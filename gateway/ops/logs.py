@@ -28,7 +28,6 @@ __all__ = [
     "AccessLog",
     "BatchingStreamHandler",
     "REDACT_PARSER_ERRORS",
-    "ROUTE_LOG",
     "UPLOAD_FIELDS",
     "note_upload",
     "JsonFormatter",
@@ -37,13 +36,13 @@ __all__ = [
     "setup_logging",
 ]
 
-# Fields the upload service learns while serving an intercepted route (mode, part n of N), for its log line.
+# Fields the upload service learns while serving an upload route (mode, part n of N), for its access line.
 UPLOAD_FIELDS: ContextVar[dict[str, object] | None] = ContextVar("upload_fields", default=None)
 _ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 def note_upload(**fields: object) -> None:
-    """Add fields to the current intercepted route's log line (no-op outside one)."""
+    """Add fields to the current upload route's access line (no-op outside one)."""
     current = UPLOAD_FIELDS.get()
     if current is not None:
         current.update(fields)
@@ -241,7 +240,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class AccessLog:
-    """An info line a request makes: the access line (one per request) and the upload route's line. Once
+    """The info line each request makes: the access line (an upload route's carries what the route learnt). Once
     setup_logging has installed the server's handler, lines are formatted and queued straight onto it: building
     and dispatching a LogRecord cost about as much as the line itself, per request. Otherwise (tests, embedding)
     they are ordinary records of their logger. Either way that logger's level decides, and the line is the same."""
@@ -276,7 +275,6 @@ class AccessLog:
 
 
 ACCESS_LOG = AccessLog()
-ROUTE_LOG = AccessLog("gateway.routes", "upload route")  # the upload routes' own line, with what they learnt
 
 
 def setup_logging(level: str, *, background: bool = False) -> None:
@@ -290,7 +288,6 @@ def setup_logging(level: str, *, background: bool = False) -> None:
     formatter = JsonFormatter()
     handler.setFormatter(formatter)
     ACCESS_LOG.write_to(handler, formatter)
-    ROUTE_LOG.write_to(handler, formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
