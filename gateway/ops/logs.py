@@ -162,6 +162,10 @@ REDACT_PARSER_ERRORS = RedactParserErrors()
 
 MAX_BATCHED_LINES = 256
 CLOSE_WAIT_S = 5.0  # for the writer thread to write what is queued at exit
+# With a writer thread, how long info lines wait on the loop before they are handed over: each handover wakes the
+# thread (a futex call and two context switches on the loop's CPU, about a tenth of a presign's CPU when done every
+# loop iteration); a busy server hands over MAX_BATCHED_LINES at a time anyway.
+HANDOVER_DELAY_S = 0.05
 
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -171,12 +175,16 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     With ``background``, a thread of its own does the writing, in order: a write to a log file can wait on the
     file system (a journal commit) for milliseconds, which the event loop would spend idle with every request in
-    flight; the server's p99 on a busy disk doubled (bench/proxy.py). ``close`` writes what is queued."""
+    flight; the server's p99 on a busy disk doubled (bench/proxy.py). Info lines are then handed to the thread
+    every HANDOVER_DELAY_S (or MAX_BATCHED_LINES at a time) rather than every loop iteration. ``close`` writes
+    what is queued."""
 
     def __init__(self, stream: TextIO, *, background: bool = False) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
         self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+        self._flush_thread = 0  # and the thread running it
+        self._delay_s = HANDOVER_DELAY_S if background else 0.0
         self._queue: queue.SimpleQueue[str | None] | None = None
         self._writer: threading.Thread | None = None
         if background:
@@ -199,14 +207,20 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             if at_once or len(self._pending) >= MAX_BATCHED_LINES:
                 self.flush()
                 return
+            scheduled = self._flush_on
+            if scheduled is not None and self._flush_thread == threading.get_ident() and scheduled.is_running():
+                return  # this thread's running loop has the flush scheduled (get_running_loop costs a getpid call)
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 self.flush()
                 return
-            if self._flush_on is not loop:
-                self._flush_on = loop
-                loop.call_soon(self.flush)
+            if scheduled is not loop:
+                self._flush_on, self._flush_thread = loop, threading.get_ident()
+                if self._delay_s:
+                    loop.call_later(self._delay_s, self.flush)
+                else:
+                    loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self.lock or contextlib.nullcontext():

@@ -83,6 +83,34 @@ async def test_lines_from_another_thread_are_written_at_once() -> None:
     assert messages(stream) == ["from a thread"]
 
 
+async def test_a_line_from_another_thread_goes_out_at_once_while_the_loop_has_a_flush_scheduled() -> None:
+    stream = CountingStream()
+    log = logger_writing_to(stream)
+    log.info("on the loop")  # its flush is scheduled for the end of this iteration
+    worker = threading.Thread(target=log.info, args=("from a thread",))
+    worker.start()
+    worker.join(5)
+    assert messages(stream) == ["on the loop", "from a thread"]
+
+
+async def test_a_background_handler_hands_info_lines_to_its_thread_in_batches_not_every_iteration() -> None:
+    stream = CountingStream()
+    handler = BatchingStreamHandler(stream, background=True)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger(f"test.handover.{id(stream)}")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.info("first")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    log.info("second")
+    assert stream.writes == 0  # still on the loop: no wake-up of the writer thread per iteration
+    handler.close()
+    assert messages(stream) == ["first", "second"]
+    assert stream.writes == 1
+
+
 def test_outside_an_event_loop_every_line_is_written_at_once() -> None:
     stream = CountingStream()
     log = logger_writing_to(stream)
