@@ -7,8 +7,7 @@ whether the registry could route it to one of its ``v2/imagefile`` views (then t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import unquote
 
 __all__ = [
@@ -45,8 +44,10 @@ ROUTE_NAMES: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
+    """A tuple, not a frozen dataclass: made for every request, where the dataclass's field-by-field
+    ``object.__setattr__`` cost half of classifying an upload route."""
+
     name: str  # one of ROUTE_NAMES
     path: str  # the raw path without its query
     image_id: str = ""  # upload routes (and a refused upload route's wrong method): unchecked, as written

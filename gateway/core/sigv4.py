@@ -578,10 +578,20 @@ def _check_expires(expires_s: int) -> None:
         raise ValueError(f"expires_s must be within 1..{MAX_EXPIRES_S}, got {expires_s}")
 
 
+_last_amz_date: tuple[float, str] = (float("nan"), "")  # (the second, its text): every URL of a second shares it
+
+
 def _amz_date(now: datetime) -> str:
     """``yyyymmddTHHMMSSZ`` in UTC; a naive time is refused (it would silently be local time)."""
+    global _last_amz_date
     if now.utcoffset() is None:
         raise ValueError("now must be an aware datetime")
+    second = now.timestamp() // 1
+    last = _last_amz_date
+    if last[0] == second:
+        return last[1]
     utc = now.astimezone(UTC)
     two = _TWO_DIGITS
-    return f"{utc.year:04d}{two[utc.month]}{two[utc.day]}T{two[utc.hour]}{two[utc.minute]}{two[utc.second]}Z"
+    text = f"{utc.year:04d}{two[utc.month]}{two[utc.day]}T{two[utc.hour]}{two[utc.minute]}{two[utc.second]}Z"
+    _last_amz_date = (second, text)
+    return text

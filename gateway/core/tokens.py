@@ -80,6 +80,18 @@ def credential_of(authorization: str | None) -> str:
 _OPENED_TOKENS = 1024
 
 
+class _Opened:
+    """A token whose MAC was checked: its grant, the key that sealed it, and the last credential whose caller tag
+    matched (so the next part from the same caller compares that credential instead of computing an HMAC)."""
+
+    __slots__ = ("caller_credential", "grant", "key")
+
+    def __init__(self, grant: UploadGrant, key: bytes) -> None:
+        self.grant = grant
+        self.key = key
+        self.caller_credential: bytes | None = None
+
+
 class TokenSealer:
     __slots__ = ("_keys", "_macs", "_opened")
 
@@ -89,14 +101,16 @@ class TokenSealer:
         self._keys = [s.encode() for s in (secret, *previous)]
         # HMAC states with each key's padded blocks hashed once: half the cost of hmac.digest per token (sigv4.py)
         self._macs = {key: HmacSha256(key) for key in self._keys}
-        self._opened: dict[str, tuple[UploadGrant, bytes]] = {}  # token -> (grant, the key that sealed it)
+        self._opened: dict[str, _Opened] = {}
 
     def caller_tag(self, credential: str, *, key: bytes | None = None) -> str:
-        # aiohttp decodes header bytes that are not UTF-8 as surrogates: surrogateescape gets the exact bytes back.
-        message = b"caller\x00" + credential.encode("utf-8", "surrogateescape")
-        mac = self._macs.get(key or self._keys[0])
+        return self._caller_tag(_credential_bytes(credential), key or self._keys[0])
+
+    def _caller_tag(self, credential: bytes, key: bytes) -> str:
+        message = b"caller\x00" + credential
+        mac = self._macs.get(key)
         if mac is None:
-            return hmac.digest(key or self._keys[0], message, "sha256").hex()[:32]
+            return hmac.digest(key, message, "sha256").hex()[:32]
         return mac.digest(message).hex()[:32]
 
     def seal(self, grant: UploadGrant) -> str:
@@ -113,15 +127,19 @@ class TokenSealer:
             raise InvalidRequest("uploadID: missing or malformed")
         opened = self._opened.get(token)
         if opened is None:
-            opened = self._verify(token)
+            opened = _Opened(*self._verify(token))
             if len(self._opened) >= _OPENED_TOKENS:
                 self._opened.clear()
             self._opened[token] = opened
-        grant, key = opened
+        grant = opened.grant
         if image_id is not None and not hmac.compare_digest(grant.image_id, image_id):
             raise Forbidden("uploadID belongs to another image")
-        if not hmac.compare_digest(grant.caller, self.caller_tag(credential, key=key)):
-            raise Forbidden("uploadID belongs to another caller")
+        presented = _credential_bytes(credential)
+        known = opened.caller_credential
+        if known is None or not hmac.compare_digest(presented, known):
+            if not hmac.compare_digest(grant.caller, self._caller_tag(presented, opened.key)):
+                raise Forbidden("uploadID belongs to another caller")
+            opened.caller_credential = presented
         if now >= grant.expires_at:
             raise Gone("upload expired: start the push again")
         return grant
@@ -139,6 +157,11 @@ class TokenSealer:
         if key is None:
             raise InvalidRequest("uploadID: not issued by this gateway (bad signature)")
         return _decode(body[1:]), key
+
+
+def _credential_bytes(credential: str) -> bytes:
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates: surrogateescape gets the exact bytes back.
+    return credential.encode("utf-8", "surrogateescape")
 
 
 def _decode(payload: bytes) -> UploadGrant:

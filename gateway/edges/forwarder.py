@@ -111,7 +111,8 @@ def _forwarded_address(node: bytes) -> bytes:
 
 def expects_continue(request: web.BaseRequest) -> bool:
     """An HTTP/1.1 client that waits for 100 Continue before sending its body (RFC 9110 §10.1.1)."""
-    return request.version >= (1, 1) and request.headers.get("Expect", "").strip().lower() == "100-continue"
+    expect = request.headers.get("Expect")  # absent from nearly every request: checked first
+    return expect is not None and request.version >= (1, 1) and expect.strip().lower() == "100-continue"
 
 
 _CONTINUED: Final = web.RequestKey("gateway.continued", bool)  # 100 Continue was sent

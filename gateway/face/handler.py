@@ -27,7 +27,7 @@ from ..core.tokens import TokenSealer
 from ..edges.forwarder import Forwarder, close_if_body_unread
 from ..edges.registry_client import RegistryClient
 from ..edges.s3 import S3Client, S3Settings
-from ..ops.logs import ACCESS_LOG, request_id_from
+from ..ops.logs import ACCESS_LOG, UPLOAD_FIELDS, request_id_from
 from ..ops.metrics import Metrics
 from ..ops.sweeper import run_periodically
 from .connections import ConnectionLimits, GatewayServer
@@ -137,6 +137,10 @@ class Gateway:
         REQUEST_ID.set(request_id)  # the forwarder and the registry calls send it upstream
         status = "error"  # stays so when the client goes away mid-request
         route = classify(request.method, request.raw_path)
+        upload: dict[str, object] | None = None
+        if route.image_id:  # an upload route: its access line also says what the handler learnt (note_upload)
+            upload = {"image_id": route.image_id[:128]}
+            UPLOAD_FIELDS.set(upload)
         try:
             try:
                 response = await self.router.dispatch(request, route)
@@ -148,7 +152,7 @@ class Gateway:
                 close_if_body_unread(request, response)
             return response
         finally:
-            self.observe(request, route, status, time.perf_counter() - started)
+            self.observe(request, route, status, time.perf_counter() - started, upload)
 
     def error_answer(self, request: web.BaseRequest, exc: Exception) -> web.Response:
         if isinstance(exc, GatewayError):
@@ -164,19 +168,24 @@ class Gateway:
         log.exception("unexpected error on %s %s", request.method, loggable_path(request.raw_path), exc_info=exc)
         return error_response(500, "internal gateway error")
 
-    def observe(self, request: web.BaseRequest, route: Route, status: str, elapsed: float) -> None:
+    def observe(
+        self, request: web.BaseRequest, route: Route, status: str, elapsed: float, upload: dict[str, object] | None
+    ) -> None:
+        """Count the request and write its access line: one line per request, an upload route's included (it
+        carries the image id and the route's own fields, such as ``mode`` and ``part``)."""
         self.metrics.answered(route.name, status, elapsed)
         if ACCESS_LOG.enabled():  # the fields cost more than the check
-            ACCESS_LOG.write(
-                {
-                    "method": request.method,
-                    "route": route.name,
-                    "path": loggable_path(request.raw_path),
-                    "status": status,
-                    "ms": round(elapsed * 1000, 2),
-                    "remote": request.remote,
-                }
-            )
+            fields: dict[str, object] = {
+                "method": request.method,
+                "route": route.name,
+                "path": loggable_path(request.raw_path),
+                "status": status,
+                "ms": round(elapsed * 1000, 2),
+                "remote": request.remote,
+            }
+            if upload:
+                fields.update(upload)
+            ACCESS_LOG.write(fields)
 
 
 class GatewayRunner(web.BaseRunner):

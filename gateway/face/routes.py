@@ -7,7 +7,6 @@ or refused unless written plainly; only the legacy ``_complete`` is forwarded), 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -33,7 +32,6 @@ from ..core.tokens import credential_of
 from ..edges.forwarder import Forwarder, ForwardingPolicy, expects_continue, send_continue
 from ..edges.registry_client import RegistryClient
 from ..edges.s3 import S3Client
-from ..ops.logs import ROUTE_LOG, UPLOAD_FIELDS
 from ..ops.metrics import Metrics
 from .downloads import Downloads
 from .legacy_upload import LegacyUpload
@@ -50,7 +48,7 @@ _REWRITTEN_BODY_HEADERS: Final = frozenset(
     {"content-length", "content-type", "content-encoding", "transfer-encoding", "etag", "content-md5", "digest"}
 )
 
-UploadHandler = Callable[[web.BaseRequest, str], Awaitable[Any]]
+UploadHandler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
 
 
 def data_response(data: Any, *, status: int = 200) -> web.Response:
@@ -129,7 +127,7 @@ class Router:
     async def dispatch(self, request: web.BaseRequest, route: Route) -> web.StreamResponse:
         name = route.name
         if name in self._upload_handlers:
-            return await self._logged(request, route, self._upload_handlers[name])
+            return await self._upload_handlers[name](request, check_image_id(route.image_id, self._image_ids))
         if name == "proxy":
             return await self.forwarder.forward(request)
         if name == "download":
@@ -147,32 +145,9 @@ class Router:
             # The v1.4.x clients' preflight (docs/protocol.md §3, step 0): any 200 switches them to OCI push and pull
             # against the URL in the reply, around the gateway. A library behind it is never an OCI registry.
             raise NotFound("no OCI registry behind this library")
-        if route.image_id:  # an upload route with another method: its id is checked (and logged) first
-            return await self._logged(request, route, self.method_not_allowed)
+        if route.image_id:  # an upload route with another method: its id is checked first
+            return await self.method_not_allowed(request, check_image_id(route.image_id, self._image_ids))
         raise InvalidRequest(route.refusal)
-
-    async def _logged(self, request: web.BaseRequest, route: Route, handler: UploadHandler) -> web.StreamResponse:
-        started = time.perf_counter()
-        outcome = "error"
-        fields: dict[str, object] = {}
-        UPLOAD_FIELDS.set(fields)
-        try:
-            response: web.StreamResponse = await handler(request, check_image_id(route.image_id, self._image_ids))
-            outcome = str(response.status)
-            return response
-        finally:
-            if ROUTE_LOG.enabled():
-                ROUTE_LOG.write(
-                    {
-                        "event": "route",
-                        "route": route.name,
-                        "method": request.method,
-                        "image_id": route.image_id[:128],
-                        "outcome": outcome,
-                        "ms": round((time.perf_counter() - started) * 1000, 2),
-                        **fields,
-                    }
-                )
 
     # -- the library API's upload routes ----------------------------------------------------------------
 

@@ -28,7 +28,6 @@ __all__ = [
     "AccessLog",
     "BatchingStreamHandler",
     "REDACT_PARSER_ERRORS",
-    "ROUTE_LOG",
     "UPLOAD_FIELDS",
     "note_upload",
     "JsonFormatter",
@@ -37,13 +36,13 @@ __all__ = [
     "setup_logging",
 ]
 
-# Fields the upload steps learn while serving an intercepted route (mode, part n of N), for its log line.
+# Fields the upload steps learn while serving an upload route (mode, part n of N), for its access line.
 UPLOAD_FIELDS: ContextVar[dict[str, object] | None] = ContextVar("upload_fields", default=None)
 _ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 def note_upload(**fields: object) -> None:
-    """Add fields to the current intercepted route's log line (no-op outside one)."""
+    """Add fields to the current upload route's access line (no-op outside one)."""
     current = UPLOAD_FIELDS.get()
     if current is not None:
         current.update(fields)
@@ -163,6 +162,10 @@ REDACT_PARSER_ERRORS = RedactParserErrors()
 
 MAX_BATCHED_LINES = 256
 CLOSE_WAIT_S = 5.0  # for the writer thread to write what is queued at exit
+# With a writer thread, how long info lines wait on the loop before they are handed over: each handover wakes the
+# thread (a futex call and two context switches on the loop's CPU, about a tenth of a presign's CPU when done every
+# loop iteration); a busy server hands over MAX_BATCHED_LINES at a time anyway.
+HANDOVER_DELAY_S = 0.05
 
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -172,12 +175,16 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     With ``background``, a thread of its own does the writing, in order: a write to a log file can wait on the
     file system (a journal commit) for milliseconds, which the event loop would spend idle with every request in
-    flight; the server's p99 on a busy disk doubled (bench/proxy.py). ``close`` writes what is queued."""
+    flight; the server's p99 on a busy disk doubled (bench/proxy.py). Info lines are then handed to the thread
+    every HANDOVER_DELAY_S (or MAX_BATCHED_LINES at a time) rather than every loop iteration. ``close`` writes
+    what is queued."""
 
     def __init__(self, stream: TextIO, *, background: bool = False) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
         self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+        self._flush_thread = 0  # and the thread running it
+        self._delay_s = HANDOVER_DELAY_S if background else 0.0
         self._queue: queue.SimpleQueue[str | None] | None = None
         self._writer: threading.Thread | None = None
         if background:
@@ -200,14 +207,20 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             if at_once or len(self._pending) >= MAX_BATCHED_LINES:
                 self.flush()
                 return
+            scheduled = self._flush_on
+            if scheduled is not None and self._flush_thread == threading.get_ident() and scheduled.is_running():
+                return  # this thread's running loop has the flush scheduled (get_running_loop costs a getpid call)
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 self.flush()
                 return
-            if self._flush_on is not loop:
-                self._flush_on = loop
-                loop.call_soon(self.flush)
+            if scheduled is not loop:
+                self._flush_on, self._flush_thread = loop, threading.get_ident()
+                if self._delay_s:
+                    loop.call_later(self._delay_s, self.flush)
+                else:
+                    loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self.lock or contextlib.nullcontext():
@@ -241,7 +254,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class AccessLog:
-    """An info line a request makes: the access line (one per request) and the upload route's line. Once
+    """The info line each request makes: the access line (an upload route's carries what the route learnt). Once
     setup_logging has installed the server's handler, lines are formatted and queued straight onto it: building
     and dispatching a LogRecord cost about as much as the line itself, per request. Otherwise (tests, embedding)
     they are ordinary records of their logger. Either way that logger's level decides, and the line is the same."""
@@ -276,7 +289,6 @@ class AccessLog:
 
 
 ACCESS_LOG = AccessLog()
-ROUTE_LOG = AccessLog("gateway.routes", "upload route")  # the upload routes' own line, with what they learnt
 
 
 def setup_logging(level: str, *, background: bool = False) -> None:
@@ -290,7 +302,6 @@ def setup_logging(level: str, *, background: bool = False) -> None:
     formatter = JsonFormatter()
     handler.setFormatter(formatter)
     ACCESS_LOG.write_to(handler, formatter)
-    ROUTE_LOG.write_to(handler, formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -986,3 +986,22 @@ def test_header_signing_of_a_put_with_a_body_equals_botocore_s3sigv4auth(session
     theirs = {name.lower(): value for name, value in request.headers.items() if name.lower() != "content-type"}
     assert {name.lower(): value for name, value in ours.items()} == theirs
     assert re.search(r"SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date[;,]", ours["Authorization"])
+
+
+def test_the_date_of_each_second_is_written_once_and_stays_right_across_seconds_and_zones() -> None:
+    from datetime import timedelta, timezone
+
+    from gateway.core.sigv4 import _amz_date
+
+    start = datetime(2024, 12, 31, 23, 59, 58, 999_999, tzinfo=UTC)
+    plus_two = timezone(timedelta(hours=2))
+    for step_us in (0, 1, 999_999, 1_000_000, 1_000_001, 3_000_000, 1, 0):
+        moment = start + timedelta(microseconds=step_us)
+        expected = moment.strftime("%Y%m%dT%H%M%SZ")
+        assert _amz_date(moment) == expected
+        assert _amz_date(moment.astimezone(plus_two)) == expected  # same second, another zone: same text
+    before_1970 = datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC)
+    assert _amz_date(before_1970) == "19691231T235959Z"
+    assert _amz_date(datetime(1970, 1, 1, 0, 0, 0, 200_000, tzinfo=UTC)) == "19700101T000000Z"
+    with pytest.raises(ValueError, match="aware"):
+        _amz_date(start.replace(tzinfo=None))

@@ -127,6 +127,23 @@ def test_a_token_opened_before_is_still_checked_for_image_caller_and_expiry_each
         sealer.open(token, image_id="42", credential=CREDENTIAL, now=2_000_000_000)
 
 
+def test_the_caller_remembered_for_a_token_never_lets_another_caller_in() -> None:
+    sealer = TokenSealer("s3cret-s3cret-s3cret")
+    token = sealer.seal(grant())
+    sealer.open(token, image_id="42", credential=CREDENTIAL, now=0)  # this caller is remembered for the token
+    for other in ("someone-else", CREDENTIAL[:-1], CREDENTIAL + "0", "", "caf\udce9"):
+        with pytest.raises(Forbidden, match="another caller"):
+            sealer.open(token, image_id="42", credential=other, now=0)
+    assert sealer.open(token, image_id="42", credential=CREDENTIAL, now=0) == grant()
+    # A caller whose credential is not valid UTF-8 (aiohttp's surrogates) is remembered by its exact bytes.
+    odd = "caf\udce9"
+    odd_token = sealer.seal(grant(caller=sealer.caller_tag(odd)))
+    for _ in range(2):
+        assert sealer.open(odd_token, image_id="42", credential=odd, now=0).caller == sealer.caller_tag(odd)
+    with pytest.raises(Forbidden, match="another caller"):
+        sealer.open(odd_token, image_id="42", credential="caf\udce8", now=0)
+
+
 def test_tokens_opened_lately_are_remembered_up_to_a_bound() -> None:
     sealer = TokenSealer("s3cret-s3cret-s3cret")
     for n in range(3000):
