@@ -15,7 +15,7 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from functools import lru_cache, partial
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -31,16 +31,13 @@ from .registry_answer import RegistryAnswer
 __all__ = [
     "ForwardingPolicy",
     "Forwarder",
-    "RedirectStatus",
+    "Relocated",
     "close_if_body_unread",
     "expects_continue",
     "send_continue",
 ]
 
 log = logging.getLogger("gateway.proxy")
-
-# Given a redirect's upstream Location, the status to answer it with instead (None: the upstream's own).
-RedirectStatus = Callable[[str], int | None]
 
 _HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
 _FORWARDING_BYTES: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
@@ -50,8 +47,19 @@ SMALL_BODY_BYTES: Final = 64 * 1024  # request bodies up to this are read whole:
 # empty (G2). Larger ones stream on chunked (docs/deploy.md).
 CHUNKED_BUFFER_BYTES: Final = 1024 * 1024
 MAX_FETCH_BYTES: Final = 1024 * 1024  # answers the gateway reads whole to edit (image metadata)
-# A Location from the registry → the one the client gets, or None to keep it.
-LocationRewrite = Callable[[str], str | None]
+REDIRECT_STATUSES: Final = frozenset({301, 302, 307, 308})
+
+
+class Relocated(NamedTuple):
+    """What the client gets instead of a Location from the registry; ``status`` replaces a redirect's (None: the
+    registry's own)."""
+
+    location: str
+    status: int | None = None
+
+
+# A Location from the registry → what the client gets instead, or None to keep it.
+LocationRewrite = Callable[[str], Relocated | None]
 # Sends the rest of a streamed request once its head is written.
 SendRest = Callable[[UpstreamConnection], Awaitable[None]]
 CONTINUE_WAIT_S: Final = 1.0  # for the upstream's 100 Continue before telling the client to go on (as curl waits)
@@ -268,12 +276,10 @@ class Forwarder:
         self,
         request: web.BaseRequest,
         *,
-        redirect_status: RedirectStatus | None = None,
         rewrite_location: LocationRewrite | None = None,
     ) -> web.StreamResponse:
-        """Forward ``request`` and stream the answer back; ``redirect_status``, given the upstream's Location,
-        names the status that replaces a redirect's (None: keep it); ``rewrite_location`` replaces the forwarder's
-        own rewrite of the answer's Location (the download route's)."""
+        """Forward ``request`` and stream the answer back; ``rewrite_location`` replaces the forwarder's own rewrite
+        of the answer's Location (the download route's, which may also replace a redirect's status)."""
         chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
         expect_continue = request.body_exists and expects_continue(request)
         streamed = chunked or expect_continue or (request.content_length or 0) > SMALL_BODY_BYTES
@@ -302,7 +308,7 @@ class Forwarder:
             )
         except ClientGone:
             return web.Response(status=499, reason="Client Closed Request")
-        return await self._respond(request, conn, head, redirect_status, rewrite_location or self.rewrite_location)
+        return await self._respond(request, conn, head, rewrite_location or self.rewrite_location)
 
     async def _read_chunked_prefix(self, request: web.BaseRequest, expect_continue: bool) -> tuple[bytes, bool]:
         """Up to CHUNKED_BUFFER_BYTES of a chunked body, and whether that was all of it. A client waiting for
@@ -321,7 +327,7 @@ class Forwarder:
         """GET ``raw_path`` upstream with the client's headers and read the answer whole (at most 1 MiB)."""
         head_bytes = self.request_head(request, method="GET", raw_path=raw_path, chunked=False, with_body=False)
         head, body = await self._exchange_whole("GET", head_bytes, b"", first_byte_timeout_s=self.first_byte_timeout_s)
-        headers = self.response_headers(head, rewrite_location=self.rewrite_location if rewrite_location else None)
+        headers, _ = self.response_headers(head, rewrite_location=self.rewrite_location if rewrite_location else None)
         return RegistryAnswer(head.status, head.reason, headers, body)
 
     async def call(
@@ -343,7 +349,8 @@ class Forwarder:
         head, answer = await self._exchange_whole(
             method, b"".join(out), body, first_byte_timeout_s=timeout_s, idle_timeout_s=timeout_s
         )
-        return RegistryAnswer(head.status, head.reason, self.response_headers(head, rewrite_location=None), answer)
+        answer_headers, _ = self.response_headers(head, rewrite_location=None)
+        return RegistryAnswer(head.status, head.reason, answer_headers, answer)
 
     async def _exchange_whole(
         self,
@@ -473,7 +480,10 @@ class Forwarder:
 
     # the answer
 
-    def response_headers(self, head: ResponseHead, *, rewrite_location: LocationRewrite | None) -> CIMultiDict[str]:
+    def response_headers(
+        self, head: ResponseHead, *, rewrite_location: LocationRewrite | None
+    ) -> tuple[CIMultiDict[str], int | None]:
+        """The answer's end-to-end headers, its Location rewritten, and the status the rewrite asks for, if any."""
         if head.hop_by_hop:
             named = head.connection_tokens
             headers = CIMultiDict(
@@ -484,28 +494,25 @@ class Forwarder:
         else:
             headers = CIMultiDict(head.headers)
         if rewrite_location is not None and "Location" in headers:
-            rewritten = rewrite_location(headers["Location"])
-            if rewritten is not None:
-                headers["Location"] = rewritten
-        return headers
+            relocated = rewrite_location(headers["Location"])
+            if relocated is not None:
+                headers["Location"] = relocated.location
+                return headers, relocated.status
+        return headers, None
 
     async def _respond(
         self,
         request: web.BaseRequest,
         conn: UpstreamConnection,
         head: ResponseHead,
-        redirect_status: RedirectStatus | None,
         rewrite_location: LocationRewrite | None,
     ) -> web.StreamResponse:
-        headers = self.response_headers(head, rewrite_location=rewrite_location)
+        headers, redirect_status = self.response_headers(head, rewrite_location=rewrite_location)
         if request_id := REQUEST_ID.get():  # a streamed answer is sent before the handler's end could add it
             headers["X-Request-Id"] = request_id
         status, reason = head.status, head.reason or None
-        if redirect_status is not None and status in (301, 302, 307, 308):
-            location = CIMultiDict(head.headers).get("Location")
-            replaced = redirect_status(location) if location is not None else None
-            if replaced is not None:
-                status, reason = replaced, None
+        if redirect_status is not None and status in REDIRECT_STATUSES:
+            status, reason = redirect_status, None
         if request.method == "HEAD" or status in (204, 304):
             response = web.StreamResponse(status=status, reason=reason, headers=headers)
             self.pool.release(conn)

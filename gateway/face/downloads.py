@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Final
+from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -26,7 +26,7 @@ from aiohttp import web
 from ..core.config import DownloadsConfig
 from ..core.errors import GatewayError, StorageUnavailable, UpstreamUnavailable
 from ..core.route_table import IMAGE_PREFIX, IMAGEFILE_PREFIX
-from ..edges.forwarder import Forwarder
+from ..edges.forwarder import REDIRECT_STATUSES, Forwarder
 from ..edges.registry_answer import RegistryAnswer
 from ..edges.s3 import S3Client, S3Error
 from .locations import LocationPolicy
@@ -34,8 +34,6 @@ from .locations import LocationPolicy
 __all__ = ["Downloads"]
 
 log = logging.getLogger("gateway.downloads")
-
-REDIRECTS: Final = frozenset({301, 302, 307, 308})
 
 
 class Downloads:
@@ -46,18 +44,6 @@ class Downloads:
         self.s3 = s3
         self.forwarder = forwarder
         self.enabled = config.redirect_status == "303"
-
-    async def download(self, request: web.BaseRequest) -> web.StreamResponse:
-        """GET or HEAD ``v1/imagefile/…`` (a HEAD gets the same redirect as the GET it stands for)."""
-        return await self.forwarder.forward(
-            request, redirect_status=self.status_for, rewrite_location=self.locations.download_location
-        )
-
-    def status_for(self, location: str) -> int | None:
-        """303 only for a download in our S3 that the gateway re-signs (S3 answers ranges); a Location passed on
-        unchanged keeps its status too, as does a registry that serves the file itself (old sregistry's own download
-        view answers 200 and the whole file to any Range)."""
-        return 303 if self.locations.justified_download(location) is not None else None
 
     async def image(self, request: web.BaseRequest) -> web.StreamResponse:
         """The image JSON, with ``size`` filled in from S3 where the registry left it missing, null or 0."""
@@ -89,7 +75,7 @@ class Downloads:
             raise type(exc)(message, status=exc.status) from exc
         if redirect.status >= 500:
             raise UpstreamUnavailable(f"image size unknown: the registry answered its download with {redirect.status}")
-        location = redirect.headers.get("Location") if redirect.status in REDIRECTS else None
+        location = redirect.headers.get("Location") if redirect.status in REDIRECT_STATUSES else None
         # Only an object the registry granted this caller (the same test as re-signing its redirect).
         target = self.locations.justified_download(location) if location else None
         if target is None:

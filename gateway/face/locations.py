@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from ..core.config import Config
 from ..core.sigv4 import Endpoint, Signer, verify_presigned_url
 from ..core.upload_mode import Destination, S3Location, destination_of, origin_of, s3_location
+from ..edges.forwarder import Relocated
 from ..ops.metrics import Metrics
 
 __all__ = ["LocationPolicy"]
@@ -27,6 +28,8 @@ class LocationPolicy:
         self.bucket = config.s3.bucket
         self.staging_prefix = config.uploads.staging_prefix
         self.download_expiry_s = config.downloads.url_expiry_seconds
+        # A re-signed download answers 303 (every client pulls in parallel then), or keeps the registry's status.
+        self.download_status = 303 if config.downloads.redirect_status == "303" else None
         self.external = Endpoint.parse(config.s3.external_endpoint)
         self.s3_origins = config.s3_origins()
         self.upstream_origin = origin_of(config.upstream.url)
@@ -48,29 +51,27 @@ class LocationPolicy:
         parts = urlsplit(url)
         return self.public_url + parts.path + (f"?{parts.query}" if parts.query else "")
 
-    def public_location(self, location: str) -> str | None:
+    def public_location(self, location: str) -> Relocated | None:
         """A redirect from the registry on any route: one to the registry itself is kept on the gateway; anything
-        else (None) goes out as the registry sent it. Nothing is signed here."""
+        else (None) goes out as the registry sent it, with its status. Nothing is signed here."""
         if self.points_at_upstream(location):
-            return self.to_public(location)
+            return Relocated(self.to_public(location))
         return None
 
-    def download_location(self, location: str) -> str | None:
+    def download_location(self, location: str) -> Relocated | None:
         """A redirect from the registry's download route: re-signed for the external endpoint when the registry
-        itself granted that download (``justified_download``), else as ``public_location``. A URL into S3 that
-        the registry did not sign passes unchanged: the gateway adds no access the registry did not give."""
+        itself granted that download (``justified_download``), answered 303 with ``downloads.redirect_status =
+        "303"``; else as ``public_location``. A URL into S3 that the registry did not sign passes unchanged, with
+        its status: the gateway adds no access the registry did not give, and a registry serving the file itself
+        (old sregistry's download view answers 200 and the whole file to any Range) is never sent ranged GETs."""
         target = self.justified_download(location)
         if target is None:
             return self.public_location(location)
         self.metrics.presigns.inc(kind="download")
-        return self.signer.presign(
-            "GET",
-            self.external,
-            target.bucket,
-            target.key,
-            now=self.clock(),
-            expires_s=self.download_expiry_s,
+        signed = self.signer.presign(
+            "GET", self.external, target.bucket, target.key, now=self.clock(), expires_s=self.download_expiry_s
         )
+        return Relocated(signed, self.download_status)
 
     def justified_download(self, location: str) -> S3Location | None:
         """Bucket and key of a registry redirect the gateway may sign a GET for, else None: a path-style URL on one

@@ -131,9 +131,7 @@ class Router:
         if name == "proxy":
             return await self.forwarder.forward(request)
         if name == "download":
-            if self.downloads.enabled:
-                return await self.downloads.download(request)
-            # The only route whose redirect into S3 the gateway re-signs (issue 13 point 7).
+            # The only route whose redirect into S3 the gateway re-signs (and answers 303 in 303 mode): GET and HEAD.
             return await self.forwarder.forward(request, rewrite_location=self.locations.download_location)
         if name == "image":
             return await (self.downloads.image(request) if self.downloads.enabled else self.forwarder.forward(request))
