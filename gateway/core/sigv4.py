@@ -561,11 +561,7 @@ def verify_presigned_url(url: str, credentials: Credentials, *, method: str, now
     canonical_request = (
         f"{method}\n{parts.path}\n{canonical_query(pairs)}\nhost:{host_header}\n\nhost\n{UNSIGNED_PAYLOAD}"
     )
-    key = _hmac(("AWS4" + credentials.secret_key).encode(), datestamp)
-    for part in (region, service, "aws4_request"):
-        key = _hmac(key, part)
-    string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
-    expected = hmac.new(key, string_to_sign.encode(), "sha256").hexdigest()
+    _, expected = Signer(credentials, region, service)._sign(amz_date, canonical_request)  # the signer's own steps
     return hmac.compare_digest(expected, signature)
 
 
