@@ -14,6 +14,7 @@ import orjson
 
 from .config import DEFAULT_IMAGE_ID_PATTERN
 from .errors import InvalidRequest
+from .etags import is_plausible_etag, normalise_etag
 from .plan import MAX_FILESIZE, MAX_PART_SIZE, MAX_PARTS
 
 __all__ = [
@@ -145,15 +146,12 @@ class CompleteRequest:
         return cls(_string(data, "uploadID"), tuple(sorted(parts.items())))
 
 
-_ETAG = re.compile(r"[\x21\x23-\x7e]{1,128}")  # printable ASCII, no quote
-
-
 def _etag(value: object) -> str:
     """The client keeps S3's ETag verbatim, quotes included (sregistry strips them); accept either."""
     if not isinstance(value, str):
         raise InvalidRequest("completedParts: token (the part's ETag) must be a string")
-    bare = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
-    if not _ETAG.fullmatch(bare) or "<" in bare or "&" in bare:
+    bare = normalise_etag(value)
+    if not is_plausible_etag(bare):
         raise InvalidRequest("completedParts: token is not a valid ETag")
     return bare
 

@@ -7,7 +7,6 @@ write documents with and without ``xmlns``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from typing import Generic, TypeVar
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape as xml_escape
 
+from ...core.etags import MAX_ETAG_LENGTH, is_plausible_etag, normalise_etag
 from ...core.plan import MAX_PARTS
 from .errors import InvalidETag, InvalidPartList
 from .values import MultipartUpload, ObjectSummary, Part
@@ -38,8 +38,6 @@ __all__ = [
     "xml_root",
 ]
 
-MAX_ETAG_LENGTH = 128
-_ETAG = re.compile(rf"[\x21\x23-\x7e]{{1,{MAX_ETAG_LENGTH}}}")  # printable ASCII without space and '"'
 
 T = TypeVar("T")
 
@@ -57,15 +55,10 @@ class Page(Generic[T]):
     next_marker: tuple[str, ...]
 
 
-def normalise_etag(value: str) -> str:
-    """An ETag without its surrounding quotes."""
-    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
-
-
 def validated_etag(value: str) -> str:
     """A part's ETag, quotes optional, checked to be a plausible ETag; returned bare."""
     bare = normalise_etag(value)
-    if not _ETAG.fullmatch(bare) or "<" in bare or "&" in bare:
+    if not is_plausible_etag(bare):
         raise InvalidETag(f"not a plausible ETag: {value[: MAX_ETAG_LENGTH + 2]!r}")
     return bare
 
