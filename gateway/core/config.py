@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from .plan import MAX_PART_SIZE, MIN_PART_SIZE
-from .sigv4 import MAX_EXPIRES_S, Endpoint
+from .sigv4 import MAX_EXPIRES_S, Endpoint, origin_of
 
 __all__ = [
     "DEFAULT_DOWNLOAD_EXPIRY_S",
@@ -269,7 +269,7 @@ def _validate(config: Config) -> None:
     if config.server.log_level.lower() not in {"debug", "info", "warning", "error"}:
         raise ConfigError("server.log_level: expected debug | info | warning | error")
     _check_url("upstream.url", config.upstream.url)
-    if _origin(config.server.public_url) == _origin(config.upstream.url):
+    if origin_of(config.server.public_url) == origin_of(config.upstream.url):
         raise ConfigError(
             "server.public_url: names the registry itself (the origin of upstream.url): clients would bypass the "
             "gateway; set the URL clients use to reach the gateway"
@@ -375,14 +375,6 @@ def config_warnings(config: Config) -> list[str]:
             "which works only if they can reach it under that name (docs/configuration.md)"
         )
     return warnings
-
-
-def _origin(url: str) -> Endpoint | None:
-    parts = urlsplit(url)
-    try:
-        return Endpoint.parse(f"{parts.scheme}://{parts.netloc}")
-    except ValueError:
-        return None
 
 
 def _check_listen(listen: str) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "s3_path",
     "sha256_hex",
     "uri_encode",
+    "origin_of",
     "verify_presigned_url",
 ]
 
@@ -227,6 +228,15 @@ class HmacSha256:
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.hexdigest()
+
+
+def origin_of(url: str) -> Endpoint | None:
+    """The scheme, host and port of ``url`` (default ports normalised), or None when it has none."""
+    try:
+        parts = urlsplit(url)
+        return Endpoint.parse(f"{parts.scheme}://{parts.netloc}")
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)

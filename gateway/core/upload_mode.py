@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from .sigv4 import Endpoint
+from .sigv4 import Endpoint, origin_of
 
 __all__ = [
     "Destination",
@@ -22,7 +22,6 @@ __all__ = [
     "choose_legacy",
     "choose_mode",
     "destination_of",
-    "origin_of",
     "s3_location",
 ]
 
@@ -43,15 +42,6 @@ class Destination(enum.Enum):
 class S3Location:
     bucket: str
     key: str
-
-
-def origin_of(url: str) -> Endpoint | None:
-    """The scheme, host and port of ``url`` (default ports normalised), or None when it has none."""
-    try:
-        parts = urlsplit(url)
-        return Endpoint.parse(f"{parts.scheme}://{parts.netloc}")
-    except ValueError:
-        return None
 
 
 def s3_location(url: str, s3_origins: Collection[Endpoint]) -> S3Location | None:

@@ -12,8 +12,8 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from ..core.config import Config
-from ..core.sigv4 import Endpoint, Signer, verify_presigned_url
-from ..core.upload_mode import Destination, S3Location, destination_of, origin_of, s3_location
+from ..core.sigv4 import Endpoint, Signer, origin_of, verify_presigned_url
+from ..core.upload_mode import Destination, S3Location, destination_of, s3_location
 from ..edges.forwarder import Relocated
 from ..ops.metrics import Metrics
 

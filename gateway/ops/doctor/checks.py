@@ -37,8 +37,8 @@ import aiohttp
 import yarl
 
 from ...core.config import Config, config_warnings
-from ...core.sigv4 import Credentials, Signer, sha256_hex
-from ...core.upload_mode import Destination, choose_mode, destination_of, origin_of
+from ...core.sigv4 import Credentials, Signer, origin_of, sha256_hex
+from ...core.upload_mode import Destination, choose_mode, destination_of
 from ...edges.s3 import S3Client, S3ConnectionError, S3Error, S3ResponseError, S3Settings
 from .answers import Answer, api_version, first_public_image, http_date, is_healthy
 from .causes import (
