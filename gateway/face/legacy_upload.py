@@ -53,6 +53,5 @@ class LegacyUpload:
                 payload_sha256=request.sha256,
                 sign_sha256_header=request.sha256 is not None,
             )
-        if self.locations.points_at_upstream(upload_url):
-            return self.locations.to_public(upload_url)
-        return upload_url
+        on_gateway = self.locations.public_location(upload_url)  # the registry's own URL, moved onto the gateway
+        return upload_url if on_gateway is None else on_gateway.location
