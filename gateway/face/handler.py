@@ -178,7 +178,7 @@ class Gateway:
             fields: dict[str, object] = {
                 "method": request.method,
                 "route": route.name,
-                "path": loggable_path(request.raw_path),
+                "path": loggable_path(route.path),  # the route has the query cut off already
                 "status": status,
                 "ms": round(elapsed * 1000, 2),
                 "remote": request.remote,
