@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -180,3 +182,9 @@ async def test_an_idle_client_connection_is_closed_after_server_keepalive_second
 def test_the_default_client_keepalive_is_75_seconds_not_aiohttps_hour() -> None:
     config = gateway_config(upstream_url="http://127.0.0.1:8000")
     assert config.server.keepalive_seconds == 75.0
+
+
+def test_the_documented_route_labels_are_the_route_tables() -> None:
+    deploy = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    listed = deploy.split("is one small set:", 1)[1].split("(`ROUTE_NAMES`", 1)[0]
+    assert set(re.findall(r"`([a-z0-9-]+)`", listed)) == ROUTE_NAMES
