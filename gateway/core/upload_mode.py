@@ -30,6 +30,12 @@ CONFIGURED = "configured"  # uploads.mode says so
 SIGNS_FOR_OUR_S3 = "registry_signs_for_our_s3"  # the URL's origin is the internal/external endpoint or an alias
 STORES_ITSELF = "registry_stores_images_itself"  # the URL points at the registry (it keeps images on its disk)
 SIGNS_FOR_UNKNOWN_HOST = "registry_signs_for_unknown_host"  # any other origin: not ours, maybe not reachable
+# What to do about it, appended to the log line and the relay error that report it.
+UNKNOWN_HOST_FIX = (
+    " (the registry's upload URLs name a host that is none of the gateway's S3 origins: if it is the same "
+    "S3 under another name, add it to s3.aliases; else make the registry sign for S3 as clients and the gateway "
+    "reach it, sregistry: MINIO_EXTERNAL_SERVER)"
+)
 
 
 class Destination(enum.Enum):

@@ -6,19 +6,12 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
-from ..core.upload_mode import SIGNS_FOR_UNKNOWN_HOST
+from ..core.upload_mode import SIGNS_FOR_UNKNOWN_HOST, UNKNOWN_HOST_FIX
 from ..ops.metrics import Metrics
 
 __all__ = ["ModeLog"]
 
 log = logging.getLogger("gateway.uploads")
-
-_UNKNOWN_HOST_FIX = (
-    " (the registry's upload URLs name a host that is none of the gateway's S3 origins: if it is the same "
-    "S3 under another name, add it to s3.aliases; else make the registry sign for S3 as clients reach it, "
-    "sregistry: MINIO_EXTERNAL_SERVER)"
-)
-
 
 class ModeLog:
     def __init__(self, metrics: Metrics) -> None:
@@ -40,6 +33,6 @@ class ModeLog:
             mode,
             reason,
             host,
-            _UNKNOWN_HOST_FIX if unknown else "",
+            UNKNOWN_HOST_FIX if unknown else "",
             extra={"event": "upload-mode", "upload": upload, "mode": mode, "reason": reason, "upload_url_host": host},
         )

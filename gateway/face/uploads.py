@@ -27,7 +27,7 @@ from ..core.errors import (
 from ..core.plan import plan_parts
 from ..core.sigv4 import Signer
 from ..core.tokens import Mode, TokenSealer, UploadGrant
-from ..core.upload_mode import Destination, S3Location, choose_mode
+from ..core.upload_mode import UNKNOWN_HOST_FIX, Destination, S3Location, choose_mode
 from ..edges.registry_client import RegistryClient
 from ..edges.s3 import NoSuchUpload, S3Client, S3Error
 from ..ops.journal import JournalEntry, completion_marker_key, journal_key
@@ -252,13 +252,7 @@ class UploadSteps:
         except S3Error as cleanup:
             log.warning("staged relay object not removed: %s", cleanup, extra={"event": "relay-leftover"})
         await self._journal_end(grant)
-        hint = (
-            " (the registry signs for a host that is none of the gateway's S3 origins: if it is the same S3 under "
-            "another name, add it to s3.aliases; else make the registry name S3 as clients and the gateway reach "
-            "it, sregistry: MINIO_EXTERNAL_SERVER)"
-            if self.locations.destination_of(upload_url) is Destination.UNKNOWN_HOST
-            else ""
-        )
+        hint = UNKNOWN_HOST_FIX if self.locations.destination_of(upload_url) is Destination.UNKNOWN_HOST else ""
         return RelayFailed(
             f"{exc.message}. Retrying cannot help, so the staged image was removed: push again once the "
             f"registry's upload URL accepts the image from the gateway{hint}",
