@@ -74,6 +74,11 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _is_written_as_is(value: str) -> bool:
+    """Whether ``value`` needs no encoding in a query or a header (a hex digest does not)."""
+    return (value.isalnum() and value.isascii()) or _is_unreserved(value) is not None
+
+
 def _percent_encode(run: re.Match[str]) -> str:
     return "".join([_PERCENT[byte] for byte in run.group().encode()])
 
@@ -87,6 +92,9 @@ def uri_encode(value: str, *, keep_slash: bool = False) -> str:
     if value.isalnum() and value.isascii():  # most names and values (partNumber, digits): nothing to encode
         return value
     return (_PATH_RESERVED_RUN if keep_slash else _RESERVED_RUN).sub(_percent_encode, value)
+
+
+_encoded_upload_id = lru_cache(maxsize=1024)(uri_encode)  # one upload asks for many part URLs
 
 
 @lru_cache(maxsize=1024)  # one upload asks for many part URLs of the same object
@@ -389,8 +397,7 @@ class Signer:
             if sign_sha256_header:
                 raise ValueError("sign_sha256_header needs payload_sha256")
             payload_hash, hash_param = UNSIGNED_PAYLOAD, ""
-        elif (payload_sha256.isalnum() and payload_sha256.isascii()) or _is_unreserved(payload_sha256):
-            # e.g. a hex digest: written as is in the query and as a header value
+        elif _is_written_as_is(payload_sha256):  # e.g. a hex digest: in the query and as a header value as is
             payload_hash, hash_param = payload_sha256, f"X-Amz-Content-Sha256={payload_sha256}&"
         else:
             return self._presign_object_generally(
@@ -404,6 +411,50 @@ class Signer:
                     method, endpoint, bucket, key, now, expires_s, query, payload_sha256, sign_sha256_header
                 )
             caller_query = "&" + "&".join([f"{name}={value}" for name, value in pairs])
+        return self._presign_encoded(
+            method, endpoint, bucket, key, now, expires_s, caller_query, payload_hash, hash_param, sign_sha256_header
+        )
+
+    def presign_part(
+        self,
+        endpoint: Endpoint,
+        bucket: str,
+        key: str,
+        *,
+        upload_id: str,
+        part_number: int,
+        payload_sha256: str,
+        now: datetime,
+        expires_s: int,
+    ) -> str:
+        """``presign("PUT", ..., query={"partNumber": ..., "uploadId": ...}, payload_sha256=...)``: the URL of one
+        part of a multipart upload, with its sha256 bound. The per-request hot path of an upload: every part of an
+        upload brings the same upload id, whose encoding is remembered, and the two names' order is known."""
+        if not _is_written_as_is(payload_sha256):
+            query = {"partNumber": str(part_number), "uploadId": upload_id}
+            return self.presign(
+                "PUT", endpoint, bucket, key, now=now, expires_s=expires_s, query=query, payload_sha256=payload_sha256
+            )
+        caller_query = f"&partNumber={part_number}&uploadId={_encoded_upload_id(upload_id)}"
+        hash_param = f"X-Amz-Content-Sha256={payload_sha256}&"
+        return self._presign_encoded(
+            "PUT", endpoint, bucket, key, now, expires_s, caller_query, payload_sha256, hash_param, False
+        )[0]
+
+    def _presign_encoded(
+        self,
+        method: str,
+        endpoint: Endpoint,
+        bucket: str,
+        key: str,
+        now: datetime,
+        expires_s: int,
+        caller_query: str,
+        payload_hash: str,
+        hash_param: str,
+        sign_sha256_header: bool,
+    ) -> tuple[str, str, str, str]:
+        """The direct path once the caller's query is encoded, sorted and known to follow the X-Amz-* block."""
         _check_expires(expires_s)
         amz_date = _amz_date(now)
         day = self._day(amz_date[:8])
@@ -475,8 +526,7 @@ class Signer:
             added["x-amz-security-token"] = self.credentials.session_token
         header_block, signed_headers = canonical_headers([("host", host_header), *headers, *added.items()])
         canonical_request = (
-            f"{method}\n{canonical_uri}\n{canonical_query(query)}\n{header_block}\n{signed_headers}\n"
-            f"{payload_hash}"
+            f"{method}\n{canonical_uri}\n{canonical_query(query)}\n{header_block}\n{signed_headers}\n{payload_hash}"
         )
         string_to_sign, signature = self._sign(amz_date, canonical_request)
         added["Authorization"] = (

@@ -144,15 +144,15 @@ class UploadSteps:
             raise InvalidRequest(f"partSize: part {request.part_number} must be {expected} bytes")
         note_upload(mode=grant.mode, part=f"{request.part_number}/{grant.total_parts}")
         self.metrics.presigns.inc(kind="part")
-        url = self.signer.presign(
-            "PUT",
+        url = self.signer.presign_part(
             self.locations.external,
             grant.bucket,
             grant.key,
+            upload_id=grant.upload_id,
+            part_number=request.part_number,
+            payload_sha256=request.sha256,
             now=now,
             expires_s=self.config.uploads.url_expiry_seconds,
-            query={"partNumber": str(request.part_number), "uploadId": grant.upload_id},
-            payload_sha256=request.sha256,
         )
         return {"presignedURL": url}
 

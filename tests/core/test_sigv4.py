@@ -741,6 +741,54 @@ def test_the_direct_presign_path_equals_the_general_path(
     assert ours == general
 
 
+def test_the_part_url_of_the_vector_comes_from_the_part_path_too() -> None:
+    signer = _vector_signer()
+    url = signer.presign_part(
+        Endpoint.parse(VECTOR_ENDPOINT),
+        VECTOR_BUCKET,
+        VECTOR_KEY,
+        upload_id=VECTOR_QUERY["uploadId"],
+        part_number=int(VECTOR_QUERY["partNumber"]),
+        payload_sha256=PART_SHA256,
+        now=VECTOR_NOW,
+        expires_s=300,
+    )
+    assert url == VECTORS["v3"]["url"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=KEYS,
+    upload_id=st.one_of(st.just(VECTOR_QUERY["uploadId"]), st.text(_QUERY_ALPHABET, min_size=1, max_size=12)),
+    part_number=st.integers(1, 10_000),
+    payload_sha256=st.one_of(st.just(PART_SHA256), st.text(_QUERY_ALPHABET, min_size=1, max_size=6)),
+    credentials=st.sampled_from(CREDENTIALS),
+    now=TIMES,
+)
+def test_the_part_path_equals_presign_with_the_part_query(
+    key: str, upload_id: str, part_number: int, payload_sha256: str, credentials: Credentials, now: datetime
+) -> None:
+    # Upload ids that need encoding, and sha256 values that do (the general path), both arrive here.
+    signer = Signer(credentials, "us-east-1")
+    endpoint = Endpoint.parse("http://minio.example.org:9000")
+    query = {"partNumber": str(part_number), "uploadId": upload_id}
+
+    ours = signer.presign_part(
+        endpoint,
+        "sregistry",
+        key,
+        upload_id=upload_id,
+        part_number=part_number,
+        payload_sha256=payload_sha256,
+        now=now,
+        expires_s=300,
+    )
+
+    assert ours == signer.presign(
+        "PUT", endpoint, "sregistry", key, now=now, expires_s=300, query=query, payload_sha256=payload_sha256
+    )
+
+
 # verify_presigned_url: what the gateway checks before it re-signs a registry's download redirect (issue 13 point 7)
 
 
