@@ -31,9 +31,7 @@ ACCESS_KEY = SECRET_KEY = "minioadmin"
 REGION = "us-east-1"
 BUCKET = "sregistry"
 KEY = "test/big:sha256.92278b7c046c0acf0952b3e1663b8abb819c260e8a96705bad90833d87ca0874"
-UPLOAD_ID = (
-    "ZjUyNTk1ZWQtZTQwZC00YmI5LWE5Y2ItNzQzMDUzZjNkYWQyLjJkYjI0YWVkLTcyOWEtNDM2ZC04ZTM2LTA2NGIzNThjMmI3Mw"
-)
+UPLOAD_ID = "ZjUyNTk1ZWQtZTQwZC00YmI5LWE5Y2ItNzQzMDUzZjNkYWQyLjJkYjI0YWVkLTcyOWEtNDM2ZC04ZTM2LTA2NGIzNThjMmI3Mw"
 PART_SHA256 = "6ab72eeb9e77b07540897e0c8d6d23ec8eef0f8c3a47e1b3f4e93443d9536bed"
 EXPIRES_S = 300
 # presign-vectors.json, variant v3, at 2024-01-02T03:04:05Z: checked before timing anything.
@@ -46,16 +44,16 @@ def ours() -> PartSigner:
     signer = Signer(Credentials(ACCESS_KEY, SECRET_KEY), REGION)
     endpoint = Endpoint.parse(ENDPOINT)
 
-    def sign(part_number: int) -> str:
-        return signer.presign(
-            "PUT",
+    def sign(part_number: int) -> str:  # the gateway's part path
+        return signer.presign_part(
             endpoint,
             BUCKET,
             KEY,
+            upload_id=UPLOAD_ID,
+            part_number=part_number,
+            payload_sha256=PART_SHA256,
             now=datetime.now(UTC),
             expires_s=EXPIRES_S,
-            query={"partNumber": str(part_number), "uploadId": UPLOAD_ID},
-            payload_sha256=PART_SHA256,
         )
 
     return sign

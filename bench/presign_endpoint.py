@@ -1,7 +1,7 @@
 """The part-presign endpoint (``PUT v2/imagefile/{id}/_multipart``) as clients meet it: the gateway in its default
 configuration vs an aiohttp endpoint doing the same work with botocore vs a trivial aiohttp handler, with wrk.
 
-    .venv/bin/python bench/presign_endpoint.py [--duration 3] [--runs 5] [--connections 32] [--json FILE]
+    .venv/bin/python bench/presign_endpoint.py [--duration 3] [--runs 5] [--connections 32] [--paced 2000] [--json FILE]
 
 Every target is a process of its own pinned to CPU 0, wrk (one thread) runs on CPU 1; all three are started
 once, warmed up, then measured in turn, round after round, so each round's ratios come from one stretch of the
@@ -17,6 +17,13 @@ Authorization, as the library client does.
 
 Printed: req/s, p99 and CPU µs per request (from /proc) per target, median and range over the rounds, and per
 round the gateway's ratio to the reference (req/s) and to the trivial handler (CPU per request).
+
+CPU per request depends on the load: at saturation a faster server handles more requests per wake-up, and keeps
+wrk busier, so fewer of its answers need to wake wrk (on a VM an inter-processor interrupt, charged to the
+server's system time). ``--paced R`` (default 2,000; 0 skips it) adds rounds at an equal offered load: each
+connection waits connections/R seconds after each answer (wrk's ``delay`` hook), so every target answers about
+R requests per second and their CPU per request compares the work of a request at the same load. A registry's
+real presign load is far lower still: one request per part, 64 MiB by default.
 """
 
 from __future__ import annotations
@@ -83,13 +90,17 @@ def part_request(port: int) -> bytes:
     return head.encode() + body
 
 
-def wrk_script(directory: Path) -> Path:
-    script = directory / "presign.lua"
+def wrk_script(directory: Path, delay_ms: float = 0) -> Path:
+    """The request as a wrk script; ``delay_ms``: each connection waits that long after each answer."""
+    script = directory / f"presign-{delay_ms:g}.lua"
     body = part_body(upload_token()).decode()
-    script.write_text(
+    text = (
         f'wrk.method = "PUT"\nwrk.body = {json.dumps(body)}\n'
         f'wrk.headers["Authorization"] = "Bearer {CREDENTIAL}"\nwrk.headers["User-Agent"] = "bench"\n'
     )
+    if delay_ms:
+        text += f"function delay()\n  return {delay_ms:g}\nend\n"
+    script.write_text(text)
     return script
 
 
@@ -178,6 +189,7 @@ def wait_port(port: int, timeout_s: float = 30.0) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     samples: dict[str, list[Sample]] = {name: [] for name in TARGETS}
+    paced: dict[str, list[Sample]] = {name: [] for name in TARGETS}
     with tempfile.TemporaryDirectory(prefix="bench-presign-") as temp, ExitStack() as stack:
         directory = Path(temp)
         script = wrk_script(directory)
@@ -198,7 +210,21 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     f"{sample.cpu_us_per_request:.0f} µs/req",
                     file=sys.stderr,
                 )
-    return report(samples, args)
+        if args.paced:
+            paced_script = wrk_script(directory, delay_ms=args.connections / args.paced * 1000)
+            for round_number in range(args.runs):
+                for name, (pid, url) in servers.items():
+                    sample = measure(pid, url, args.duration, args.connections, paced_script, warm_up_s=0)
+                    paced[name].append(sample)
+                    print(
+                        f"  paced run {round_number + 1} {name}: {sample.requests_per_s:.0f} req/s, "
+                        f"{sample.cpu_us_per_request:.0f} µs/req",
+                        file=sys.stderr,
+                    )
+    found = report(samples, args)
+    if args.paced:
+        found["paced"] = report_paced(paced, args)
+    return found
 
 
 def spread(values: list[float], digits: int = 0) -> str:
@@ -232,11 +258,37 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[s
     }
 
 
+def report_paced(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[str, object]:
+    gateway_runs, _, trivial_runs = (samples[name] for name in TARGETS)
+    cpu_ratio = [g.cpu_us_per_request / t.cpu_us_per_request for g, t in zip(gateway_runs, trivial_runs, strict=True)]
+    print(
+        f"\nthe same at an equal offered load: {args.paced} req/s each "
+        f"(wrk delay {args.connections / args.paced:.3f} s per connection)"
+    )
+    print(f"{'target':<26} {'req/s':>20} {'CPU µs/request':>20} {'CPU share':>10}")
+    for name, runs in samples.items():
+        print(
+            f"{name:<26} {spread([s.requests_per_s for s in runs]):>20} "
+            f"{spread([s.cpu_us_per_request for s in runs], 1):>20} "
+            f"{statistics.median(s.cpu_share for s in runs):>10.0%}"
+        )
+    print(f"gateway / trivial handler, CPU per request, per round: {' '.join(f'{x:.2f}' for x in cpu_ratio)}")
+    print(f"  median {statistics.median(cpu_ratio):.2f}x")
+    return {
+        "offered_requests_per_s": args.paced,
+        "targets": {name: [vars(s) for s in runs] for name, runs in samples.items()},
+        "cpu_vs_trivial": cpu_ratio,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=3, help="seconds per measured wrk run")
     parser.add_argument("--runs", type=int, default=5, help="rounds over the three targets")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--paced", type=int, default=2000, metavar="R", help="also measure at R req/s offered to each (0: skip)"
+    )
     parser.add_argument("--json", type=Path, help="also write the samples here (bench/plot.py reads them)")
     parser.add_argument("--serve-reference", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-trivial", type=int, metavar="PORT", help=argparse.SUPPRESS)

@@ -54,12 +54,21 @@ class ClientConnection(RequestHandler):
     ``write_timeout_s`` is reset, which cancels its handler and so releases the upstream connection it streams
     from. Either way the connection is closed without an answer."""
 
-    __slots__ = ("_limits", "_closed_counter", "_head_timer", "_stalled_since", "_stall_timer", "__weakref__")
+    __slots__ = (
+        "_limits",
+        "_closed_counter",
+        "_head_since",
+        "_head_timer",
+        "_stalled_since",
+        "_stall_timer",
+        "__weakref__",
+    )
 
     def __init__(self, manager: GatewayServer, *, limits: ConnectionLimits, closed: Counter, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
         self._closed_counter = closed
+        self._head_since: float | None = None  # when the head being awaited began to arrive
         self._head_timer: asyncio.TimerHandle | None = None
         self._stalled_since: float | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -69,7 +78,7 @@ class ClientConnection(RequestHandler):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         cast(asyncio.Transport, transport).set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
         # A connection that never sends a whole head is closed like one that trickles it (nginx does the same).
-        self._arm_head_timer()
+        self._head_began()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         for timer in (self._head_timer, self._stall_timer):
@@ -111,22 +120,31 @@ class ClientConnection(RequestHandler):
                 pass  # gone already
         self.transport.abort()
 
-    # reading
+    # reading: a head's clock starts with its first byte; one timer per connection, re-armed when it fires (a
+    # timer per request, created and cancelled, cost about 1.3 µs of each one's CPU)
 
     def data_received(self, data: bytes) -> None:
         # Between requests (aiohttp waits for the next message): these bytes begin a head, which starts the clock.
-        if self._head_timer is None and data and self._waiter is not None:
-            self._arm_head_timer()
+        if self._head_since is None and data and self._waiter is not None:
+            self._head_began()
         super().data_received(data)
-        if self._head_timer is not None and self._messages:  # the head is complete (or refused by the parser)
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._head_since is not None and self._messages:  # the head is complete (or refused by the parser)
+            self._head_since = None
 
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self._loop.call_later(self._limits.header_timeout_s, self._head_timed_out)
+    def _head_began(self) -> None:
+        self._head_since = self._loop.time()
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_at(self._head_since + self._limits.header_timeout_s, self._head_due)
 
-    def _head_timed_out(self) -> None:
+    def _head_due(self) -> None:
         self._head_timer = None
+        since = self._head_since
+        if since is None:
+            return  # no head being awaited: the next one arms the timer again
+        due = since + self._limits.header_timeout_s
+        if self._loop.time() < due:  # a later head than the one the timer was set for
+            self._head_timer = self._loop.call_at(due, self._head_due)
+            return
         # Only while aiohttp is still waiting for that head: never in the middle of a request.
         if self._waiter is not None and not self._waiter.done() and not self._messages:
             self._closed_counter.inc(reason="header_timeout")

@@ -71,6 +71,35 @@ async def test_a_client_trickling_its_request_head_is_closed_after_the_header_ti
     assert 'gateway_client_connections_closed_total{reason="header_timeout"} 1' in metrics
 
 
+async def test_the_head_clock_of_a_kept_alive_connection_starts_at_its_own_first_byte(aiohttp_server: Any) -> None:
+    # One timer per connection, set at the connection's start: it fires while the second head trickles and must
+    # count from that head's first byte, neither closing early nor forgetting it.
+    server = await aiohttp_server(Gateway(unreachable_upstream(header_timeout_seconds=0.6, keepalive_seconds=3600)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    loop = asyncio.get_running_loop()
+    try:
+        writer.write(HEALTHZ)
+        assert (await read_answer(reader))[0] == 200
+        await asyncio.sleep(0.3)
+        began = loop.time()
+        writer.write(b"GET /_gateway/healthz HTTP/1.1\r\nHost: gw\r\n")
+
+        async def trickle() -> None:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                writer.write(b"X")
+                await writer.drain()
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            assert await closed_by_peer(reader)
+        finally:
+            trickling.cancel()
+        assert loop.time() - began >= 0.55, "closed before the second head had its own header timeout"
+    finally:
+        writer.close()
+
+
 async def test_the_header_timeout_spares_idle_keepalive_connections_and_silent_new_ones_are_closed(
     aiohttp_server: Any,
 ) -> None:
