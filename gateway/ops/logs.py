@@ -26,6 +26,7 @@ from ..core.request_context import REQUEST_ID
 __all__ = [
     "ACCESS_LOG",
     "AccessLog",
+    "access_fields",
     "BatchingStreamHandler",
     "REDACT_PARSER_ERRORS",
     "UPLOAD_FIELDS",
@@ -271,21 +272,62 @@ class AccessLog:
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
 
-    def write(self, fields: dict[str, object]) -> None:
+    def request(
+        self,
+        method: str,
+        route: str,
+        path: str,
+        status: str,
+        elapsed_s: float,
+        remote: str | None,
+        upload: dict[str, object] | None = None,
+    ) -> None:
+        """The access line of one request: ``path`` without its query (route_table.loggable_path), ``upload`` the
+        fields an upload route added. Straight to the server's handler, the line is one dict literal."""
         if self._handler is None:
-            self.logger.info(self.message, extra=fields)
+            self.logger.info(self.message, extra=access_fields(method, route, path, status, elapsed_s, remote, upload))
             return
         entry: dict[str, object] = {
             "time": self._formatter.time_text(time.time()),
             "level": "info",
             "logger": self.logger.name,
             "message": self.message,
+            "request_id": REQUEST_ID.get(),
+            "method": method,
+            "route": route,
+            "path": path,
+            "status": status,
+            "ms": round(elapsed_s * 1000, 2),
+            "remote": remote,
         }
-        request_id = REQUEST_ID.get()
-        if request_id:
-            entry["request_id"] = request_id
-        entry.update(fields)
+        if not entry["request_id"]:
+            del entry["request_id"]  # as on every other line: only within a request
+        if upload:
+            entry.update(upload)
         self._handler.add(json_line(entry))
+
+
+def access_fields(
+    method: str,
+    route: str,
+    path: str,
+    status: str,
+    elapsed_s: float,
+    remote: str | None,
+    upload: dict[str, object] | None,
+) -> dict[str, object]:
+    """The access line's own fields, in their order, as a record carries them."""
+    fields: dict[str, object] = {
+        "method": method,
+        "route": route,
+        "path": path,
+        "status": status,
+        "ms": round(elapsed_s * 1000, 2),
+        "remote": remote,
+    }
+    if upload:
+        fields.update(upload)
+    return fields
 
 
 ACCESS_LOG = AccessLog()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from gateway.core.request_context import REQUEST_ID
@@ -155,9 +156,11 @@ def test_a_loop_that_ended_with_a_flush_pending_does_not_hold_back_the_next_loop
     assert messages(stream) == ["one", "two"]
 
 
-async def test_the_access_line_is_the_same_written_straight_to_the_handler_or_as_a_record() -> None:
-    fields: dict[str, object] = {"method": "GET", "route": "proxy", "path": '/v1/"x"', "status": "200", "ms": 1.5}
-    token = REQUEST_ID.set("req-1")
+@pytest.mark.parametrize("request_id", ["req-1", ""])
+async def test_the_access_line_is_the_same_written_straight_to_the_handler_or_as_a_record(request_id: str) -> None:
+    upload: dict[str, object] = {"image_id": "42", "mode": "adopt"}
+    line_of = ("PUT", "upload-part", '/v2/imagefile/"42"/_multipart', "200", 0.0015, "127.0.0.1", upload)
+    token = REQUEST_ID.set(request_id)
     try:
         straight = CountingStream()
         handler = BatchingStreamHandler(straight)
@@ -165,12 +168,13 @@ async def test_the_access_line_is_the_same_written_straight_to_the_handler_or_as
         handler.setFormatter(formatter)
         direct = AccessLog()
         direct.write_to(handler, formatter)
-        direct.write(dict(fields))
+        direct.request(*line_of)
         await asyncio.sleep(0)
 
         recorded = CountingStream()
-        access = logger_writing_to(recorded)
-        access.info("request", extra=dict(fields))
+        access = AccessLog(f"test.batching.{id(recorded)}")
+        logger_writing_to(recorded)  # that logger, with its own handler: the access log writes records to it
+        access.request(*line_of)
         await asyncio.sleep(0)
     finally:
         REQUEST_ID.reset(token)
@@ -179,7 +183,9 @@ async def test_the_access_line_is_the_same_written_straight_to_the_handler_or_as
     ours, theirs = json.loads(line), json.loads(record_line)
     assert ours.pop("time")[:10] == theirs.pop("time")[:10]
     assert ours == theirs | {"logger": "gateway.access"}
-    assert list(ours) == ["level", "logger", "message", "request_id", *fields]
+    fields = ["method", "route", "path", "status", "ms", "remote", "image_id", "mode"]
+    assert list(ours) == ["level", "logger", "message", *(["request_id"] if request_id else []), *fields]
+    assert (ours["path"], ours["ms"], ours["mode"]) == ('/v2/imagefile/"42"/_multipart', 1.5, "adopt")
 
 
 async def test_the_server_writes_one_access_line_per_request_with_its_request_id(
