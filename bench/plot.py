@@ -51,9 +51,39 @@ def bars(proxy: dict[str, Any], presign: dict[str, Any]) -> list[tuple[str, list
         )
     )
     found.append(
-        ("presign: CPU per request ÷ trivial handler", per_round(gateway, trivial, "cpu_us_per_request"), 1.5, "<")
+        (
+            "presign at saturation: CPU per request ÷ trivial handler",
+            per_round(gateway, trivial, "cpu_us_per_request"),
+            1.5,
+            "<",
+        )
     )
+    if "paced" in presign:  # the same at an equal offered load (bench/presign_endpoint.py --paced)
+        paced = presign["paced"]
+        found.append(
+            (
+                f"presign at {paced['offered_requests_per_s']:,} req/s each: CPU per request ÷ trivial handler",
+                paced["cpu_vs_trivial"],
+                1.5,
+                "<",
+            )
+        )
     return found
+
+
+def merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several presign_endpoint.py outputs as one: their rounds, in order."""
+    whole: dict[str, Any] = dict(runs[0])
+    whole["targets"] = {name: [s for run in runs for s in run["targets"][name]] for name in runs[0]["targets"]}
+    for key in ("speedup_vs_botocore", "cpu_vs_trivial"):
+        whole[key] = [ratio for run in runs for ratio in run[key]]
+    if all("paced" in run for run in runs):
+        whole["paced"] = dict(
+            runs[0]["paced"], cpu_vs_trivial=[r for run in runs for r in run["paced"]["cpu_vs_trivial"]]
+        )
+    else:
+        whole.pop("paced", None)
+    return whole
 
 
 def plot(found: list[tuple[str, list[float], float, str]], out: Path, caption: str) -> None:
@@ -93,13 +123,16 @@ def plot(found: list[tuple[str, list[float], float, str]], out: Path, caption: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("proxy", type=Path, help="bench/proxy.py --json output")
-    parser.add_argument("presign", type=Path, help="bench/presign_endpoint.py --json output")
+    parser.add_argument(
+        "presign", type=Path, nargs="+", help="bench/presign_endpoint.py --json output (several: their rounds together)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.png")
     args = parser.parse_args()
-    proxy, presign = json.loads(args.proxy.read_text()), json.loads(args.presign.read_text())
+    proxy = json.loads(args.proxy.read_text())
+    presign = merged([json.loads(path.read_text()) for path in args.presign])
     caption = (
         f"gateway on 1 CPU, wrk on the other; small GETs c={proxy['connections']}, "
-        f"{len(proxy['targets'][proxy['reference']])} rounds; presign c={presign['connections']}, "
+        f"{len(proxy['targets'][proxy['reference']])} rounds;\npresign c={presign['connections']}, "
         f"{len(presign['speedup_vs_botocore'])} rounds"
     )
     plot(bars(proxy, presign), args.out, caption)
