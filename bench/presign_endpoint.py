@@ -201,30 +201,33 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         }
         for pid, url in servers.values():
             measure(pid, url, 2, args.connections, script, warm_up_s=0)
-        for round_number in range(args.runs):
-            for name, (pid, url) in servers.items():
-                sample = measure(pid, url, args.duration, args.connections, script, warm_up_s=0)
-                samples[name].append(sample)
-                print(
-                    f"  run {round_number + 1} {name}: {sample.requests_per_s:.0f} req/s, p99 {sample.p99_ms:.1f} ms, "
-                    f"{sample.cpu_us_per_request:.0f} µs/req",
-                    file=sys.stderr,
-                )
+        rounds(servers, script, samples, args, "run")
         if args.paced:
             paced_script = wrk_script(directory, delay_ms=args.connections / args.paced * 1000)
-            for round_number in range(args.runs):
-                for name, (pid, url) in servers.items():
-                    sample = measure(pid, url, args.duration, args.connections, paced_script, warm_up_s=0)
-                    paced[name].append(sample)
-                    print(
-                        f"  paced run {round_number + 1} {name}: {sample.requests_per_s:.0f} req/s, "
-                        f"{sample.cpu_us_per_request:.0f} µs/req",
-                        file=sys.stderr,
-                    )
+            rounds(servers, paced_script, paced, args, "paced run")
     found = report(samples, args)
     if args.paced:
         found["paced"] = report_paced(paced, args)
     return found
+
+
+def rounds(
+    servers: dict[str, tuple[int, str]],
+    script: Path,
+    samples: dict[str, list[Sample]],
+    args: argparse.Namespace,
+    label: str,
+) -> None:
+    """``args.runs`` rounds, each measuring every server once, in turn."""
+    for round_number in range(args.runs):
+        for name, (pid, url) in servers.items():
+            sample = measure(pid, url, args.duration, args.connections, script, warm_up_s=0)
+            samples[name].append(sample)
+            print(
+                f"  {label} {round_number + 1} {name}: {sample.requests_per_s:.0f} req/s, p99 {sample.p99_ms:.1f} ms, "
+                f"{sample.cpu_us_per_request:.0f} µs/req",
+                file=sys.stderr,
+            )
 
 
 def spread(values: list[float], digits: int = 0) -> str:

@@ -41,6 +41,15 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
         return True
 
 
+async def trickle_a_head(writer: asyncio.StreamWriter) -> None:
+    """A request head, then one header byte every 50 ms, never the blank line: 20 s at most."""
+    writer.write(b"GET /_gateway/healthz HTTP/1.1\r\nHost: gw\r\n")
+    for _ in range(400):
+        await asyncio.sleep(0.05)
+        writer.write(b"X")
+        await writer.drain()
+
+
 def unreachable_upstream(**server: Any) -> Any:
     return gateway_config(upstream_url=f"http://127.0.0.1:{free_port()}", server=server)
 
@@ -52,15 +61,7 @@ async def test_a_client_trickling_its_request_head_is_closed_after_the_header_ti
     # keep-alive far away, so only the header timeout can close it
     server = await aiohttp_server(Gateway(unreachable_upstream(header_timeout_seconds=0.5, keepalive_seconds=3600)))
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-
-    async def trickle() -> None:
-        writer.write(b"GET /_gateway/healthz HTTP/1.1\r\nHost: gw\r\n")
-        for _ in range(400):  # one header byte every 50 ms, never the blank line: 20 s at most
-            await asyncio.sleep(0.05)
-            writer.write(b"X")
-            await writer.drain()
-
-    trickling = asyncio.create_task(trickle())
+    trickling = asyncio.create_task(trickle_a_head(writer))
     try:
         assert await closed_by_peer(reader)
         assert not trickling.done(), "the trickle ran out before the gateway closed the connection"
@@ -82,15 +83,7 @@ async def test_the_head_clock_of_a_kept_alive_connection_starts_at_its_own_first
         assert (await read_answer(reader))[0] == 200
         await asyncio.sleep(0.3)
         began = loop.time()
-        writer.write(b"GET /_gateway/healthz HTTP/1.1\r\nHost: gw\r\n")
-
-        async def trickle() -> None:
-            for _ in range(200):
-                await asyncio.sleep(0.05)
-                writer.write(b"X")
-                await writer.drain()
-
-        trickling = asyncio.create_task(trickle())
+        trickling = asyncio.create_task(trickle_a_head(writer))
         try:
             assert await closed_by_peer(reader)
         finally:
