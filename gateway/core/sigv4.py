@@ -526,7 +526,8 @@ class Signer:
             added["x-amz-security-token"] = self.credentials.session_token
         header_block, signed_headers = canonical_headers([("host", host_header), *headers, *added.items()])
         canonical_request = (
-            f"{method}\n{canonical_uri}\n{canonical_query(query)}\n{header_block}\n{signed_headers}\n{payload_hash}"
+            f"{method}\n{canonical_uri}\n{canonical_query(query)}\n{header_block}\n{signed_headers}\n"
+            f"{payload_hash}"
         )
         string_to_sign, signature = self._sign(amz_date, canonical_request)
         added["Authorization"] = (

@@ -13,7 +13,6 @@ __all__ = ["ModeLog"]
 
 log = logging.getLogger("gateway.uploads")
 
-
 class ModeLog:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics

@@ -215,13 +215,16 @@ def test_multipart_upload_through_v3_part_urls_returns_the_same_bytes(
     assert read_object(botocore_s3, upload.key) == b"".join(parts)
 
 
-def test_part_url_signed_for_another_host_is_refused(s3_server: S3Server, signer: Signer, upload: Upload) -> None:
+def test_part_url_signed_for_another_host_is_refused(
+    s3_server: S3Server, signer: Signer, upload: Upload
+) -> None:
     body = os.urandom(4096)
     part_sha256 = sha256_hex(body)
     url = presign_part(signer, f"http://localhost:{s3_server.port}", upload, 1, part_sha256)
 
     # the same server reached under its other name; no X-Forwarded-Host (SeaweedFS would trust it)
-    refused = put_like_apptainer(url, body, sha256_header=part_sha256, host_header=f"{LOOPBACK}:{s3_server.port}")
+    refused = put_like_apptainer(url, body, sha256_header=part_sha256,
+                                 host_header=f"{LOOPBACK}:{s3_server.port}")
     accepted = put_like_apptainer(url, body, sha256_header=part_sha256)
 
     assert (refused.status, refused.error_code) == (403, "SignatureDoesNotMatch"), refused
@@ -235,7 +238,8 @@ def test_expired_part_url_is_refused(s3_server: S3Server, signer: Signer, upload
     body = os.urandom(4096)
     part_sha256 = sha256_hex(body)
     signed_long_ago = datetime.now(UTC) - timedelta(hours=1)
-    expired_url = presign_part(signer, s3_server.endpoint, upload, 1, part_sha256, now=signed_long_ago, expires_s=60)
+    expired_url = presign_part(signer, s3_server.endpoint, upload, 1, part_sha256,
+                               now=signed_long_ago, expires_s=60)
     fresh_url = presign_part(signer, s3_server.endpoint, upload, 1, part_sha256)
 
     refused = put_like_apptainer(expired_url, body, sha256_header=part_sha256)
@@ -253,7 +257,8 @@ def test_legacy_single_put_through_a_v3h_url_stores_the_file(
     # the client sends the sha header only because SignedHeaders lists it (docs/protocol.md §5)
     assert parse_qs(urlsplit(url).query)["X-Amz-SignedHeaders"] == ["host;x-amz-content-sha256"]
 
-    reply = put_like_apptainer(url, body, sha256_header=sha256_hex(body), content_type="application/octet-stream")
+    reply = put_like_apptainer(url, body, sha256_header=sha256_hex(body),
+                               content_type="application/octet-stream")
 
     assert reply.status == 200, reply
     assert read_object(botocore_s3, key) == body
@@ -283,9 +288,8 @@ def test_radosgw_refuses_a_legacy_put_whose_body_does_not_match_the_declared_sha
     key, body = new_key(), os.urandom(MiB)
     url = presign_legacy_put(signer, s3_server.endpoint, key, sha256_hex(body))
 
-    reply = put_like_apptainer(
-        url, corrupted(body), sha256_header=sha256_hex(body), content_type="application/octet-stream"
-    )
+    reply = put_like_apptainer(url, corrupted(body), sha256_header=sha256_hex(body),
+                               content_type="application/octet-stream")
 
     assert (reply.status, reply.error_code) == (400, "XAmzContentSHA256Mismatch"), reply
     assert not object_exists(botocore_s3, key)
@@ -333,9 +337,8 @@ def test_seaweedfs_stores_a_legacy_put_whose_body_does_not_match_the_declared_sh
     key, body = new_key(), os.urandom(MiB)
     url = presign_legacy_put(signer, s3_server.endpoint, key, sha256_hex(body))
 
-    reply = put_like_apptainer(
-        url, corrupted(body), sha256_header=sha256_hex(body), content_type="application/octet-stream"
-    )
+    reply = put_like_apptainer(url, corrupted(body), sha256_header=sha256_hex(body),
+                               content_type="application/octet-stream")
 
     assert reply.status == 200, reply
     assert read_object(botocore_s3, key) == corrupted(body)

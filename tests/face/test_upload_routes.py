@@ -659,3 +659,4 @@ async def test_a_relay_the_registry_fails_with_a_5xx_keeps_what_it_staged_so_a_r
     stored = stack.registry_state.images[int(image_id)].file_path
     assert stored is not None and stored.read_bytes() == SMALL
     assert leftovers_of(stack, image_id, start["uploadID"]) == set()
+

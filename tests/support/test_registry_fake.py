@@ -40,8 +40,6 @@ def app_of(client: Client) -> web.Application:
     """The fake's application behind a test client (to reconfigure it or read its state)."""
     assert isinstance(client.server, TestServer)
     return client.server.app
-
-
 StartRegistry = Callable[[RegistrySettings], Awaitable[Client]]
 
 

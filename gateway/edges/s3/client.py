@@ -133,6 +133,7 @@ class ObjectStream:
         return b"".join([chunk async for chunk in self.iter_chunks()])
 
 
+
 class _Retry(enum.Enum):
     IDEMPOTENT = "idempotent"  # on any retryable error
     UNSENT = "unsent"  # only when the request never left (connect failure)
@@ -617,6 +618,7 @@ class S3Client:
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
+
 
 
 def _ssl_setting(settings: S3Settings) -> ssl.SSLContext | bool:

@@ -1,15 +1,15 @@
 """What the S3 client raises, and how an S3 answer is classified into it. Pure: no I/O.
 
-S3Error
-├── S3ResponseError        S3 answered with an error: status, code, message, request_id, resource
-│   ├── S3ClientError      4xx (and a 200 <Error> body with any other code)
-│   │   └── NoSuchUpload   an upload-scoped call found no upload (AWS: NoSuchUpload; radosgw: 404 NoSuchKey)
-│   └── S3ServerError      5xx, or a 200 <Error> body with InternalError / ServiceUnavailable / SlowDown
-├── S3ConnectionError      connect failure, timeout, connection lost; ``request_sent`` says if S3 may have acted
-└── S3UsageError           ValueError: the arguments were refused here, nothing was sent
-    ├── InvalidETag
-    ├── InvalidPartList
-    └── BodyLengthMismatch a streamed body was shorter or longer than its declared length
+    S3Error
+    ├── S3ResponseError        S3 answered with an error: status, code, message, request_id, resource
+    │   ├── S3ClientError      4xx (and a 200 <Error> body with any other code)
+    │   │   └── NoSuchUpload   an upload-scoped call found no upload (AWS: NoSuchUpload; radosgw: 404 NoSuchKey)
+    │   └── S3ServerError      5xx, or a 200 <Error> body with InternalError / ServiceUnavailable / SlowDown
+    ├── S3ConnectionError      connect failure, timeout, connection lost; ``request_sent`` says if S3 may have acted
+    └── S3UsageError           ValueError: the arguments were refused here, nothing was sent
+        ├── InvalidETag
+        ├── InvalidPartList
+        └── BodyLengthMismatch a streamed body was shorter or longer than its declared length
 """
 
 from __future__ import annotations

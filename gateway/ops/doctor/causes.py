@@ -157,6 +157,7 @@ def upstream_status_cause(status: int) -> str:
     return f"GET /version answered {status}, expected 200"
 
 
+
 def duration(seconds: float) -> str:
     whole = round(seconds)
     minutes, rest = divmod(whole, 60)

@@ -589,3 +589,4 @@ _EXTERNAL_TLS_HINT = (
     "installed on every client; s3.ca_bundle covers only the internal endpoint)"
 )
 _PUBLIC_TLS_HINT = "clients verify this certificate with their own trust store: serve a chain they trust"
+
