@@ -15,7 +15,8 @@ S3 rules encoded here (docs/protocol.md §9):
 Speed (bench/presign.py): the gateway signs one URL per part, so ``presign`` has a direct path for the common
 shape (host and at most the sha256 header signed, caller parameters that sort after ``X-Amz-*``) that writes the
 canonical query in order instead of sorting it; everything else goes through the general ``presign_canonical``.
-Both give the same bytes (tests/core/test_sigv4.py checks it). Also: the per-day key, scope and credential are derived
+``presign_part`` writes a part's ``partNumber``/``uploadId`` pair directly, with the upload id's encoding remembered.
+All give the same bytes (tests/core/test_sigv4.py checks it). Also: the per-day key, scope and credential are derived
 once, the HMAC key blocks are hashed once, encoded object paths are cached per (bucket, key), and strings with
 nothing to encode skip the encoder.
 """
