@@ -352,16 +352,33 @@ class Signer:
         payload_sha256: str | None = None,
         sign_sha256_header: bool = False,
     ) -> SignedURL:
-        """Presign an S3 object URL for ``endpoint`` (path-style).
+        """Presign an S3 object URL for ``endpoint`` (path-style), by the direct path described in the module doc.
 
         ``payload_sha256`` binds the body (v3); with ``sign_sha256_header`` the header is also signed (v3h),
         which makes the Apptainer client send it on the legacy single upload.
         """
-        return SignedURL(
-            *self._presign_object(
+        if payload_sha256 is None:
+            if sign_sha256_header:
+                raise ValueError("sign_sha256_header needs payload_sha256")
+            payload_hash, hash_param = UNSIGNED_PAYLOAD, ""
+        elif _is_written_as_is(payload_sha256):  # e.g. a hex digest: in the query and as a header value as is
+            payload_hash, hash_param = payload_sha256, f"X-Amz-Content-Sha256={payload_sha256}&"
+        else:
+            return self._presign_generally(
                 method, endpoint, bucket, key, now, expires_s, query, payload_sha256, sign_sha256_header
             )
+        caller_query = ""
+        if query:
+            pairs = sorted([(uri_encode(name), uri_encode(value)) for name, value in query.items()])
+            if pairs[0][0] <= _LAST_AUTH_PARAM:  # a name sorting among the X-Amz-* ones: merge them generally
+                return self._presign_generally(
+                    method, endpoint, bucket, key, now, expires_s, query, payload_sha256, sign_sha256_header
+                )
+            caller_query = "&" + "&".join([f"{name}={value}" for name, value in pairs])
+        signed = self._presign_encoded(
+            method, endpoint, bucket, key, now, expires_s, caller_query, payload_hash, hash_param, sign_sha256_header
         )
+        return SignedURL(*signed)
 
     def presign(
         self,
@@ -377,44 +394,18 @@ class Signer:
         sign_sha256_header: bool = False,
     ) -> str:
         """The URL of ``explain_presign``."""
-        return self._presign_object(
-            method, endpoint, bucket, key, now, expires_s, query, payload_sha256, sign_sha256_header
-        )[0]
-
-    def _presign_object(
-        self,
-        method: str,
-        endpoint: Endpoint,
-        bucket: str,
-        key: str,
-        now: datetime,
-        expires_s: int,
-        query: Mapping[str, str] | None,
-        payload_sha256: str | None,
-        sign_sha256_header: bool,
-    ) -> tuple[str, str, str, str]:
-        """URL, canonical request, string to sign, signature; the direct path described in the module doc."""
-        if payload_sha256 is None:
-            if sign_sha256_header:
-                raise ValueError("sign_sha256_header needs payload_sha256")
-            payload_hash, hash_param = UNSIGNED_PAYLOAD, ""
-        elif _is_written_as_is(payload_sha256):  # e.g. a hex digest: in the query and as a header value as is
-            payload_hash, hash_param = payload_sha256, f"X-Amz-Content-Sha256={payload_sha256}&"
-        else:
-            return self._presign_object_generally(
-                method, endpoint, bucket, key, now, expires_s, query, payload_sha256, sign_sha256_header
-            )
-        caller_query = ""
-        if query:
-            pairs = sorted([(uri_encode(name), uri_encode(value)) for name, value in query.items()])
-            if pairs[0][0] <= _LAST_AUTH_PARAM:  # a name sorting among the X-Amz-* ones: merge them generally
-                return self._presign_object_generally(
-                    method, endpoint, bucket, key, now, expires_s, query, payload_sha256, sign_sha256_header
-                )
-            caller_query = "&" + "&".join([f"{name}={value}" for name, value in pairs])
-        return self._presign_encoded(
-            method, endpoint, bucket, key, now, expires_s, caller_query, payload_hash, hash_param, sign_sha256_header
+        signed = self.explain_presign(
+            method,
+            endpoint,
+            bucket,
+            key,
+            now=now,
+            expires_s=expires_s,
+            query=query,
+            payload_sha256=payload_sha256,
+            sign_sha256_header=sign_sha256_header,
         )
+        return signed.url
 
     def presign_part(
         self,
@@ -455,7 +446,8 @@ class Signer:
         hash_param: str,
         sign_sha256_header: bool,
     ) -> tuple[str, str, str, str]:
-        """The direct path once the caller's query is encoded, sorted and known to follow the X-Amz-* block."""
+        """The direct path once the caller's query is encoded, sorted and known to follow the X-Amz-* block: URL,
+        canonical request, string to sign, signature (a tuple: the part path takes only the URL)."""
         _check_expires(expires_s)
         amz_date = _amz_date(now)
         day = self._day(amz_date[:8])
@@ -476,7 +468,7 @@ class Signer:
         url = f"{endpoint.origin}{path}?{query_string}&X-Amz-Signature={signature}"
         return url, canonical_request, string_to_sign, signature
 
-    def _presign_object_generally(
+    def _presign_generally(
         self,
         method: str,
         endpoint: Endpoint,
@@ -487,10 +479,10 @@ class Signer:
         query: Mapping[str, str] | None,
         payload_sha256: str | None,
         sign_sha256_header: bool,
-    ) -> tuple[str, str, str, str]:
+    ) -> SignedURL:
         """Object presign through ``presign_canonical``: the reference the direct path must equal."""
         headers = [("x-amz-content-sha256", payload_sha256)] if sign_sha256_header and payload_sha256 else []
-        signed = self.presign_canonical(
+        return self.presign_canonical(
             method,
             origin=endpoint.origin,
             host_header=endpoint.host_header,
@@ -502,7 +494,6 @@ class Signer:
             headers=headers,
             hash_in_query=payload_sha256 is not None,
         )
-        return signed.url, signed.canonical_request, signed.string_to_sign, signed.signature
 
     # -- header signing (the gateway's own S3 calls) ------------------------------------------------------
 
