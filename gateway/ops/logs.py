@@ -26,7 +26,6 @@ from ..core.request_context import REQUEST_ID
 __all__ = [
     "ACCESS_LOG",
     "AccessLog",
-    "access_fields",
     "BatchingStreamHandler",
     "REDACT_PARSER_ERRORS",
     "UPLOAD_FIELDS",
@@ -98,6 +97,8 @@ def json_line(entry: dict[str, object]) -> str:
 _OWN_ATTRIBUTES = len(_BLANK_RECORD)
 
 
+# What JsonFormatter.entry writes first on every line.
+_LINE_START = frozenset({"time", "level", "logger", "message", "request_id"})
 _MILLISECONDS = tuple(f".{n:03d}+00:00" for n in range(1000))  # a lookup, not a format, per line
 
 
@@ -284,9 +285,6 @@ class AccessLog:
     ) -> None:
         """The access line of one request: ``path`` without its query (route_table.loggable_path), ``upload`` the
         fields an upload route added. Straight to the server's handler, the line is one dict literal."""
-        if self._handler is None:
-            self.logger.info(self.message, extra=access_fields(method, route, path, status, elapsed_s, remote, upload))
-            return
         entry: dict[str, object] = {
             "time": self._formatter.time_text(time.time()),
             "level": "info",
@@ -300,34 +298,14 @@ class AccessLog:
             "ms": round(elapsed_s * 1000, 2),
             "remote": remote,
         }
-        if not entry["request_id"]:
-            del entry["request_id"]  # as on every other line: only within a request
         if upload:
             entry.update(upload)
+        if self._handler is None:  # a record: the formatter writes the fields every line starts with
+            self.logger.info(self.message, extra={k: v for k, v in entry.items() if k not in _LINE_START})
+            return
+        if not entry["request_id"]:
+            del entry["request_id"]  # as on every other line: only within a request
         self._handler.add(json_line(entry))
-
-
-def access_fields(
-    method: str,
-    route: str,
-    path: str,
-    status: str,
-    elapsed_s: float,
-    remote: str | None,
-    upload: dict[str, object] | None,
-) -> dict[str, object]:
-    """The access line's own fields, in their order, as a record carries them."""
-    fields: dict[str, object] = {
-        "method": method,
-        "route": route,
-        "path": path,
-        "status": status,
-        "ms": round(elapsed_s * 1000, 2),
-        "remote": remote,
-    }
-    if upload:
-        fields.update(upload)
-    return fields
 
 
 ACCESS_LOG = AccessLog()
