@@ -31,7 +31,7 @@ from urllib.parse import urljoin
 import aiohttp
 
 from .api import Image, LibraryApi, error_message, open_session
-from .defaults import DEFAULT_ARCH, DEFAULT_JOBS, DEFAULT_PART_SIZE
+from .defaults import DEFAULT_ARCH, DEFAULT_JOBS, DEFAULT_PART_SIZE, ERROR_BODY_LIMIT
 from .errors import ApiError, IntegrityError, NotFound, ObjectStoreError, TransportError, UsageError, api_error
 from .files import CHUNK_SIZE, PartSpan, plan_parts, preallocate
 from .objectstore import as_sent, error_detail, is_presigned, same_origin
@@ -45,7 +45,6 @@ __all__ = ["PullOptions", "PullResult", "pull"]
 REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _HASH = re.compile(r"sha256\.([0-9a-f]{64})")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-_ERROR_BODY_LIMIT: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +158,7 @@ class _Pull:
             return urljoin(str(response.url), location)
         if response.status in REDIRECTS:
             raise ApiError(response.status, "redirect without a Location", method="GET", path=self.imagefile_path)
-        document = _json(await response.content.read(_ERROR_BODY_LIMIT))
+        document = _json(await response.content.read(ERROR_BODY_LIMIT))
         message = error_message(document, response.status)
         raise api_error(response.status, message, method="GET", path=self.imagefile_path)
 
@@ -209,7 +208,7 @@ class _Pull:
         return await with_retries(attempt, self.options.retry, on_retry=self._retrying("size probe"))
 
     async def _refuse(self, response: aiohttp.ClientResponse, url: str) -> NoReturn:
-        detail = error_detail(await response.content.read(_ERROR_BODY_LIMIT))
+        detail = error_detail(await response.content.read(ERROR_BODY_LIMIT))
         if response.status in (401, 403):
             await self._fresh_location(url)  # most likely an expired URL: the retry uses a new one
         raise ObjectStoreError(response.status, detail)

@@ -44,7 +44,7 @@ from .api import (
     open_session,
     semver_at_least,
 )
-from .defaults import DEFAULT_ARCH, DEFAULT_JOBS
+from .defaults import DEFAULT_ARCH, DEFAULT_JOBS, ERROR_BODY_LIMIT
 from .errors import ApiError, ClientError, NotFound, ObjectStoreError, TransportError, api_error
 from .files import CHUNK_SIZE, FileDigests, FileIdentity, PartSpan, RegionStream, file_digests, hash_region, identify
 from .files import plan_parts as plan_file_parts
@@ -67,7 +67,6 @@ from .workers import run_workers
 __all__ = ["MULTIPART_MIN_SIZE", "PartUploaded", "PushHooks", "PushOptions", "PushResult", "push"]
 
 MULTIPART_MIN_SIZE: Final = 5 * 1024 * 1024
-_ERROR_BODY_LIMIT: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,7 +393,7 @@ class _Push:
                 if response.status == 200:
                     await response.read()
                     return 200, response.headers.get("ETag", "")
-                detail = error_detail(await response.content.read(_ERROR_BODY_LIMIT))
+                detail = error_detail(await response.content.read(ERROR_BODY_LIMIT))
                 self.progress.rewind(sent)
                 return response.status, detail
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -458,7 +457,7 @@ class _Push:
             async with self.session.post(
                 self.api.url(path), data=body, headers=headers, skip_auto_headers=("Content-Type",)
             ) as response:
-                raw = await response.content.read(_ERROR_BODY_LIMIT)
+                raw = await response.content.read(ERROR_BODY_LIMIT)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             if body.error is not None:
