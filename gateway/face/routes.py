@@ -90,8 +90,9 @@ def registry_headers(request: web.BaseRequest, policy: ForwardingPolicy) -> CIMu
         if name in request.headers:
             headers[name] = request.headers[name]
     peer = request.remote or ""
-    prior = request.headers.get("X-Forwarded-For") if policy.trusts(peer) else None
-    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    # The chain Forwarder.request_head sends: every X-Forwarded-For line a trusted proxy sent, then the peer.
+    prior = request.headers.getall("X-Forwarded-For", ()) if policy.trusts(peer) else ()
+    headers["X-Forwarded-For"] = ", ".join([*prior, peer])
     return headers
 
 
