@@ -508,11 +508,15 @@ class Forwarder:
         rewrite_location: LocationRewrite | None,
     ) -> web.StreamResponse:
         headers, redirect_status = self.response_headers(head, rewrite_location=rewrite_location)
-        if request_id := REQUEST_ID.get():  # a streamed answer is sent before the handler's end could add it
-            headers["X-Request-Id"] = request_id
         status, reason = head.status, head.reason or None
         if redirect_status is not None and status in REDIRECT_STATUSES:
             status, reason = redirect_status, None
+        whole = None if request.method == "HEAD" or status in (204, 304) else conn.complete_body()
+        if whole is not None:  # not prepared here: the handler adds X-Request-Id, as to every answer of its own
+            self.pool.release(conn)
+            return web.Response(status=status, reason=reason, headers=headers, body=whole)
+        if request_id := REQUEST_ID.get():  # sent from here, before the handler's end could add it
+            headers["X-Request-Id"] = request_id
         if request.method == "HEAD" or status in (204, 304):
             response = web.StreamResponse(status=status, reason=reason, headers=headers)
             self.pool.release(conn)
@@ -520,10 +524,6 @@ class Forwarder:
             await response.prepare(request)
             await response.write_eof()
             return response
-        whole = conn.complete_body()
-        if whole is not None:
-            self.pool.release(conn)
-            return web.Response(status=status, reason=reason, headers=headers, body=whole)  # not prepared yet
         response = web.StreamResponse(status=status, reason=reason, headers=headers)
         close_if_body_unread(request, response)
         # The rest of the answer takes as long as the client reads: its connection leaves the pool's count.
