@@ -43,6 +43,7 @@ __all__ = ["MAX_JSON_BODY", "Router", "data_response"]
 
 
 MAX_JSON_BODY: Final = 1024 * 1024  # intercepted routes carry small JSON bodies
+_TOO_LARGE: Final = f"request body above {MAX_JSON_BODY} bytes"
 # Headers of an answer that no longer fit once its body is rewritten (hop-by-hop ones are gone already).
 _REWRITTEN_BODY_HEADERS: Final = frozenset(
     {"content-length", "content-type", "content-encoding", "transfer-encoding", "etag", "content-md5", "digest"}
@@ -61,21 +62,21 @@ def data_response(data: Any, *, status: int = 200) -> web.Response:
 async def read_small_body(request: web.BaseRequest) -> bytes:
     content_length = request.content_length
     if content_length is not None and content_length > MAX_JSON_BODY:
-        raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
+        raise PayloadTooLarge(_TOO_LARGE)
     if request.body_exists and expects_continue(request):
         await send_continue(request)
     content = request.content
     if content.is_eof():  # the whole body is here already (a small one usually comes with the head): take it
         whole = content.read_nowait()
         if len(whole) > MAX_JSON_BODY:
-            raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
+            raise PayloadTooLarge(_TOO_LARGE)
         return whole
     # read(n) returns what has arrived so far, not n bytes: loop until the end of the body or past the cap.
     body = bytearray()
     while chunk := await content.read(MAX_JSON_BODY + 1 - len(body)):
         body += chunk
         if len(body) > MAX_JSON_BODY:
-            raise PayloadTooLarge(f"request body above {MAX_JSON_BODY} bytes")
+            raise PayloadTooLarge(_TOO_LARGE)
     return bytes(body)
 
 
